@@ -1,0 +1,44 @@
+# Every target creates .venv on first use, so a fresh machine needs only Python 3.11 and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help run test test-fast lint fmt bench bench-quick clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+run: $(STAMP)  ## server and scheduler on the embedded store (Ctrl-C stops both)
+	$(BIN)/python -m party up
+
+test: $(STAMP)  ## the whole suite, processes included
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## the suite without real processes (seconds)
+	$(BIN)/python -m pytest -q -m "not processes"
+
+lint: $(STAMP)  ## ruff check and format check
+	$(BIN)/ruff check party tests scheduler bench
+	$(BIN)/ruff format --check party tests scheduler bench
+
+fmt: $(STAMP)  ## ruff format and autofix
+	$(BIN)/ruff format party tests scheduler bench
+	$(BIN)/ruff check --fix party tests scheduler bench
+
+bench: $(STAMP)  ## the benchmark suite (writes bench/results.json)
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP)  ## the benchmark suite, under a minute
+	$(BIN)/python bench/run.py --quick
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
