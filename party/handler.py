@@ -1,0 +1,100 @@
+"""TaskBase, the class every handler inherits, and the collector behind ``on_complete(tasks)``.
+
+A handler only records intentions (the next run, follow-up tasks); it never touches a store. The
+runner reads those intentions and the queue applies them. Imports only ``model`` and ``timestamps``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from .model import NewTask, Task
+from .timestamps import parse_timestamp, system_now
+
+
+class FollowUps:
+    """The ``tasks`` argument of ``on_complete``: ``tasks.add(party, data=None, timestamp=None)``
+    queues a follow-up task once the run is recorded as complete."""
+
+    def __init__(self) -> None:
+        self.added: list[NewTask] = []
+
+    def add(
+        self, party: str, data: dict[str, Any] | None = None, timestamp: Any = None
+    ) -> NewTask:
+        """Queue a task of handler ``party`` (a class name) after this run completes."""
+        when = None if timestamp is None else parse_timestamp(timestamp)
+        task = NewTask(party=party, data={} if data is None else data, timestamp=when)
+        self.added.append(task)
+        return task
+
+
+class TaskBase:
+    """Base class of every handler; the handler's name is its class name.
+
+    Subclasses override ``run`` (its JSON-able return value is kept as the task's result) and, for
+    recurring tasks, ``on_complete``. Policy is set with class attributes:
+
+    - ``max_attempts``: failed attempts before the task is ``failed`` for good (default 6);
+    - ``retry_delay``: seconds, or ``callable(attempts) -> seconds``, before a retry (default 0);
+    - ``timeout``: seconds a run may take before it is killed and counted as failed (default none);
+    - ``is_recurring``: the task re-queues itself from ``on_complete`` and is a singleton per data.
+
+    During a run: ``_id``, ``timestamp``, ``last_run_on``, ``attempts``, ``is_recurring``, ``data``.
+    """
+
+    max_attempts: ClassVar[int] = 6
+    retry_delay: ClassVar[float | Callable[[int], float]] = 0
+    timeout: ClassVar[float | None] = None
+    is_recurring: ClassVar[bool] = False
+
+    def __init__(self, task: Task) -> None:
+        self._id: str = task.id
+        self.timestamp: datetime = task.timestamp
+        self.last_run_on: datetime | None = task.last_run_on
+        self.attempts: int = task.attempts
+        self.data: dict[str, Any] = task.data
+        self._next_run: datetime | None = None
+
+    def run(self) -> Any:
+        """Do the work. Raise to fail this attempt; the return value is kept as the result."""
+        raise NotImplementedError(f"{type(self).__name__} must define run()")
+
+    def on_complete(self, tasks: FollowUps) -> None:
+        """Called after every successful run; recurring tasks call ``schedule_next_run`` here."""
+
+    def schedule_next_run(
+        self, minutes: float | None = None, timestamp: datetime | None = None
+    ) -> datetime:
+        """Re-queue this task after the run, on a fixed cadence or at an exact time.
+
+        ``minutes=N``: at ``self.timestamp + k*N`` minutes for the smallest k >= 1 in the future, so
+        the cadence never drifts and missed slots are skipped, not replayed. ``timestamp=T``: at T.
+        Returns the time chosen.
+        """
+        if (minutes is None) == (timestamp is None):
+            raise ValueError("schedule_next_run takes exactly one of minutes= or timestamp=")
+        if timestamp is not None:
+            self._next_run = parse_timestamp(timestamp)
+            return self._next_run
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
+            raise ValueError(f"minutes must be a positive number, got {minutes!r}")
+        step = timedelta(minutes=minutes)
+        now = system_now()
+        k = max(1, math.floor((now - self.timestamp) / step) + 1)
+        next_run = self.timestamp + k * step
+        while next_run <= now:  # guards float rounding of the division above
+            k += 1
+            next_run = self.timestamp + k * step
+        self._next_run = next_run
+        return next_run
+
+    @classmethod
+    def retry_delay_for(cls, attempts: int) -> float:
+        """Seconds to wait before retrying after ``attempts`` failed runs."""
+        delay = cls.retry_delay
+        value = delay(attempts) if callable(delay) else delay
+        return max(0.0, float(value or 0))

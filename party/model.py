@@ -1,0 +1,152 @@
+"""The task record and its statuses: the one shape every layer passes around.
+
+Imports only the standard library, ``timestamps`` and ``bson.ObjectId`` for ids (``bson`` ships with
+pymongo but importing it does not import pymongo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from bson import ObjectId
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
+
+
+class Status(str, Enum):
+    """Where a task is in its life. ``queued`` and ``running`` are the only live statuses."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ALL_STATUSES = tuple(s.value for s in Status)
+
+
+def new_id() -> str:
+    """A fresh 24-hex id (a BSON ObjectId, so ids sort roughly by creation on both stores)."""
+    return str(ObjectId())
+
+
+def is_valid_id(value: object) -> bool:
+    """True when ``value`` is a 24-hex lowercase task id."""
+    return isinstance(value, str) and ID_PATTERN.match(value) is not None
+
+
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no spaces: equal data give equal text whatever the key order."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def singleton_key(party: str, data: dict[str, Any]) -> str:
+    """The key the store's unique index holds for a live recurring task of (party, data).
+
+    A hash keeps the indexed value short whatever the size of ``data``.
+    """
+    digest = hashlib.sha256(canonical_json([party, data]).encode()).hexdigest()
+    return f"{party}:{digest}"
+
+
+@dataclass
+class Task:
+    """One task as stored.
+
+    ``run_at`` is when the task may next be claimed: its ``timestamp``, or later while a retry delay
+    runs (retries never change ``timestamp``, which keeps its place in the queue order). ``lease`` is
+    the token of the current claim; every write of a run is conditional on it. ``singleton`` is set
+    only while a recurring task is queued or running, and is unique in the store.
+    """
+
+    id: str
+    party: str
+    data: dict[str, Any]
+    timestamp: datetime
+    created: datetime
+    run_at: datetime
+    attempts: int = 0
+    status: Status = Status.QUEUED
+    is_recurring: bool = False
+    last_run_on: datetime | None = None
+    started_on: datetime | None = None
+    completed_on: datetime | None = None
+    result: Any = None
+    last_error: dict[str, Any] | None = None
+    lease: str | None = None
+    lease_expires: datetime | None = None
+    singleton: str | None = None
+
+    @property
+    def order_key(self) -> tuple[datetime, int, datetime, str]:
+        """The queue order: timestamp, then attempts, then created, then id."""
+        return (self.timestamp, self.attempts, self.created, self.id)
+
+
+# Fields a store may be asked to set through a write; anything else is a programming error.
+WRITABLE_FIELDS = frozenset(
+    {
+        "status",
+        "timestamp",
+        "run_at",
+        "attempts",
+        "last_run_on",
+        "started_on",
+        "completed_on",
+        "result",
+        "last_error",
+        "lease",
+        "lease_expires",
+        "singleton",
+    }
+)
+
+
+@dataclass
+class Write:
+    """A conditional single-task update: set ``fields`` where the id matches, and the lease token and
+    status match when given. A field set to None is cleared."""
+
+    task_id: str
+    fields: dict[str, Any]
+    lease: str | None = None
+    statuses: tuple[Status, ...] | None = None
+
+
+@dataclass
+class NewTask:
+    """A task to add: the validated input of ``TaskQueue.add`` and of ``tasks.add`` in on_complete."""
+
+    party: str
+    data: dict[str, Any] = field(default_factory=dict)
+    timestamp: datetime | None = None
+
+
+@dataclass
+class Outcome:
+    """What one run of a claimed task produced; the runner builds it, the queue records it.
+
+    ``error`` is ``{"type", "message", "traceback", "at"}`` when the run failed. ``next_run`` is set
+    when a recurring task's on_complete scheduled one; ``follow_ups`` holds its ``tasks.add`` calls.
+    ``permanent`` marks a failure no retry can mend (an unknown handler).
+    """
+
+    task: Task
+    ok: bool
+    started_on: datetime
+    finished_on: datetime
+    result: Any = None
+    error: dict[str, Any] | None = None
+    next_run: datetime | None = None
+    follow_ups: list[NewTask] = field(default_factory=list)
+    permanent: bool = False

@@ -1,0 +1,407 @@
+"""TaskQueue: every rule of the queue, in one place, written against the ``Store`` interface.
+
+Adding (validation, all or nothing, the singleton rule), claiming with a lease, recording outcomes
+(completion, the recurring re-queue, failure with attempts and retry delay), handing back, renewing
+and recovering leases, deleting, listing and stats. Each change of a claimed task is a write
+conditional on its lease token (the fence), so a run whose lease expired cannot overwrite newer
+state. Knows nothing of HTTP, processes or a specific store: imports ``stores.base``, ``model``,
+``registry``, ``errors`` and ``timestamps`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from .errors import Conflict, NotFound, TaskException, ValidationError
+from .model import NewTask, Outcome, Status, Task, Write, is_valid_id, new_id, singleton_key
+from .registry import Registry
+from .stores.base import OrderKey, Store
+from .timestamps import format_timestamp, parse_timestamp, system_now
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_MAX_ATTEMPTS = 6
+LIVE = (Status.QUEUED, Status.RUNNING)
+DELETABLE = (Status.QUEUED, Status.RUNNING, Status.FAILED, Status.DELETED)
+_HAND_BACK_CLEARS = {"lease": None, "lease_expires": None}
+
+
+def error_info(kind: str, message: str, traceback: str | None = None, *, at: datetime) -> dict:
+    """The shape of ``last_error``: type, message, traceback and time (ISO string)."""
+    return {"type": kind, "message": message, "traceback": traceback, "at": format_timestamp(at)}
+
+
+class TaskQueue:
+    """The queue's rules over one store. Shared by the server, the scheduler and the workers.
+
+    ``clock`` returns naive UTC now; tests inject one to step time.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        clock: Callable[[], datetime] = system_now,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.lease = timedelta(seconds=lease_seconds)
+        self.clock = clock
+
+    # -- adding and reading ------------------------------------------------------------------
+
+    def add(self, items: Iterable[NewTask | Mapping[str, Any]]) -> list[Task]:
+        """Validate every item, then insert them all or none; return them as stored, in order.
+
+        Raises ``ValidationError`` (with ``index`` and ``field``) for the first bad item and
+        ``Conflict`` when a recurring singleton is already live; nothing is written in either case.
+        """
+        now = self.clock()
+        tasks = [self._new_task(index, item, now) for index, item in enumerate(items)]
+        return self.store.insert_many(tasks)
+
+    def _new_task(self, index: int, item: NewTask | Mapping[str, Any], now: datetime) -> Task:
+        if isinstance(item, Mapping):
+            item = NewTask(
+                party=item.get("party"),  # type: ignore[arg-type]
+                data=item.get("data"),  # type: ignore[arg-type]
+                timestamp=item.get("timestamp"),
+            )
+        party, data = item.party, item.data
+        if not isinstance(party, str) or not party:
+            raise ValidationError(
+                f"item {index}: 'party' must be the name of a handler (a string), got {party!r}",
+                index=index,
+                field="party",
+            )
+        handler = self.registry.get(party)
+        if handler is None:
+            known = ", ".join(self.registry.names) or "none are registered"
+            raise ValidationError(
+                f"item {index}: unknown handler {party!r}; known handlers: {known}",
+                index=index,
+                field="party",
+            )
+        if data is None:
+            data = {}
+        _check_data(index, data)
+        if item.timestamp is None:
+            timestamp = now
+        else:
+            try:
+                timestamp = parse_timestamp(item.timestamp)
+            except ValueError as exc:
+                raise ValidationError(
+                    f"item {index}: bad 'timestamp': {exc}", index=index, field="timestamp"
+                ) from None
+        recurring = bool(handler.is_recurring)
+        return Task(
+            id=new_id(),
+            party=party,
+            data=data,
+            timestamp=timestamp,
+            created=now,
+            run_at=timestamp,
+            is_recurring=recurring,
+            singleton=singleton_key(party, data) if recurring else None,
+        )
+
+    def get(self, task_id: str) -> Task:
+        """The task with this id; ``ValidationError`` if malformed, ``NotFound`` if unknown."""
+        task = self.store.get(_checked_id(task_id))
+        if task is None:
+            raise NotFound(f"no task with id {task_id}")
+        return task
+
+    def list(
+        self,
+        *,
+        status: Status | str | None = None,
+        party: str | None = None,
+        limit: int = 100,
+        after: OrderKey | None = None,
+    ) -> list[Task]:
+        """A page of tasks in queue order; pass the last task's ``order_key`` as ``after``."""
+        if status is not None:
+            try:
+                status = Status(status)
+            except ValueError:
+                accepted = ", ".join(s.value for s in Status)
+                raise ValidationError(
+                    f"unknown status {status!r}; expected one of {accepted}", field="status"
+                ) from None
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be 1..1000, got {limit!r}", field="limit")
+        return self.store.query(status=status, party=party, limit=limit, after=after)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per status and per party, the number of due tasks and the oldest one's age."""
+        now = self.clock()
+        stats = self.store.stats(now)
+        oldest = stats.pop("oldest_due")
+        stats["oldest_due_seconds"] = None if oldest is None else (now - oldest).total_seconds()
+        return stats
+
+    def next_run_at(self) -> datetime | None:
+        """When the earliest queued task becomes due (None when nothing is queued)."""
+        return self.store.next_run_at()
+
+    def delete(self, task_id: str) -> Task:
+        """Mark a task ``deleted`` (idempotent). A running task finishes its run but stays deleted.
+
+        Raises ``Conflict`` for a completed task and ``NotFound`` for an unknown id.
+        """
+        task = self.store.update(
+            Write(
+                _checked_id(task_id),
+                {"status": Status.DELETED, "singleton": None},
+                statuses=DELETABLE,
+            )
+        )
+        if task is not None:
+            return task
+        current = self.get(task_id)
+        raise Conflict(f"task {task_id} is {current.status}: a completed task cannot be deleted")
+
+    # -- claiming and recording --------------------------------------------------------------
+
+    def claim(self, limit: int, *, now: datetime | None = None) -> list[Task]:
+        """Lease up to ``limit`` due tasks in queue order; each costs one attempt."""
+        now = now or self.clock()
+        return self.store.claim(limit, now, now + self.lease, _token())
+
+    def claim_now(self, task_id: str) -> Task:
+        """Lease one task for an immediate run, due or not (the force-run of ``POST /task/<id>``).
+
+        Raises ``Conflict`` unless the task is queued (completed, deleted, failed and running tasks
+        are refused), ``NotFound`` for an unknown id.
+        """
+        task_id = _checked_id(task_id)
+        task = self.store.claim_id(task_id, self.clock() + self.lease, _token())
+        if task is not None:
+            return task
+        current = self.get(task_id)
+        reason = {
+            Status.COMPLETED: "a completed task cannot be run again",
+            Status.DELETED: "a deleted task cannot be run",
+            Status.FAILED: f"it failed {current.attempts} attempts and will not run again",
+            Status.RUNNING: "it is running now",
+        }.get(current.status, "it is not queued")
+        raise Conflict(f"task {task_id} is {current.status}: {reason}")
+
+    def record(self, outcomes: Sequence[Outcome]) -> list[Status | None]:
+        """Write the outcomes of finished runs, fenced by each run's lease token.
+
+        Returns each task's new status, or None where the lease was lost (the task was recovered
+        and belongs to a newer run, so this outcome is discarded). A task deleted during its run
+        stays deleted; its result or error is still kept. Follow-up tasks of a successful run are
+        added once its completion is written.
+        """
+        now = self.clock()
+        writes = [self._outcome_write(outcome, now) for outcome in outcomes]
+        matched = self.store.write_many(writes)
+        statuses: list[Status | None] = []
+        for outcome, write, ok in zip(outcomes, writes, matched, strict=True):
+            if ok:
+                statuses.append(write.fields["status"])
+                if outcome.ok and outcome.follow_ups:
+                    self._add_follow_ups(outcome)
+            else:
+                statuses.append(self._record_after_delete(outcome, write))
+        return statuses
+
+    def _outcome_write(self, outcome: Outcome, now: datetime) -> Write:
+        task = outcome.task
+        fields: dict[str, Any] = {
+            "started_on": outcome.started_on,
+            "completed_on": outcome.finished_on,
+            **_HAND_BACK_CLEARS,
+        }
+        if outcome.ok:
+            fields["result"] = outcome.result
+            if outcome.next_run is not None:
+                fields.update(
+                    status=Status.QUEUED,
+                    timestamp=outcome.next_run,
+                    run_at=outcome.next_run,
+                    attempts=0,
+                    last_run_on=outcome.started_on,
+                )
+            else:
+                if task.is_recurring:
+                    logger.warning(
+                        "recurring task %s (%s) scheduled no next run in on_complete; "
+                        "it is completed and will not run again",
+                        task.id,
+                        task.party,
+                    )
+                fields.update(status=Status.COMPLETED, singleton=None)
+        else:
+            fields.update(self._failure_fields(task, outcome.error, outcome.permanent, now))
+        return Write(task.id, fields, lease=task.lease, statuses=(Status.RUNNING,))
+
+    def _failure_fields(
+        self, task: Task, error: dict[str, Any] | None, permanent: bool, now: datetime
+    ) -> dict[str, Any]:
+        handler = self.registry.get(task.party)
+        max_attempts = handler.max_attempts if handler else DEFAULT_MAX_ATTEMPTS
+        fields: dict[str, Any] = {"last_error": error}
+        if permanent or task.attempts >= max_attempts:
+            fields.update(status=Status.FAILED, singleton=None)
+        else:
+            delay = handler.retry_delay_for(task.attempts) if handler else 0.0
+            fields.update(
+                status=Status.QUEUED,
+                run_at=max(task.timestamp, now + timedelta(seconds=delay)),
+                completed_on=None,
+            )
+        return fields
+
+    def _record_after_delete(self, outcome: Outcome, write: Write) -> Status | None:
+        kept = {
+            k: write.fields[k]
+            for k in ("result", "last_error", "started_on", "completed_on")
+            if k in write.fields
+        }
+        task = self.store.update(
+            Write(
+                outcome.task.id,
+                {**kept, **_HAND_BACK_CLEARS},
+                lease=outcome.task.lease,
+                statuses=(Status.DELETED,),
+            )
+        )
+        if task is not None:
+            return Status.DELETED
+        logger.warning(
+            "outcome of task %s (%s) discarded: its lease %s was lost (expired and recovered)",
+            outcome.task.id,
+            outcome.task.party,
+            outcome.task.lease,
+        )
+        return None
+
+    def _add_follow_ups(self, outcome: Outcome) -> None:
+        try:
+            self.add(outcome.follow_ups)
+        except TaskException as exc:
+            logger.warning(
+                "follow-up tasks of task %s (%s) were not added: %s",
+                outcome.task.id,
+                outcome.task.party,
+                exc,
+            )
+
+    def fail(
+        self, task: Task, error: dict[str, Any], *, permanent: bool = False
+    ) -> Status | None:
+        """Record a failed run of a claimed task (an exception, a timeout, a dead worker)."""
+        now = self.clock()
+        outcome = Outcome(task, ok=False, started_on=task.started_on or now, finished_on=now,
+                          error=error, permanent=permanent)  # fmt: skip
+        return self.record([outcome])[0]
+
+    def release(self, tasks: Sequence[Task]) -> list[bool]:
+        """Hand claimed tasks back to the queue without spending their attempt (shutdown)."""
+        writes = [
+            Write(
+                t.id,
+                {"status": Status.QUEUED, "attempts": max(0, t.attempts - 1), **_HAND_BACK_CLEARS},
+                lease=t.lease,
+                statuses=(Status.RUNNING,),
+            )
+            for t in tasks
+        ]
+        return self.store.write_many(writes)
+
+    def renew(self, tasks: Sequence[Task], *, now: datetime | None = None) -> list[bool]:
+        """Extend the leases of running tasks; False where the lease was already lost."""
+        expires = (now or self.clock()) + self.lease
+        writes = [Write(t.id, {"lease_expires": expires}, lease=t.lease) for t in tasks]
+        return self.store.write_many(writes)
+
+    def recover_expired(self, *, now: datetime | None = None, limit: int = 100) -> list[Task]:
+        """Fail the runs whose lease expired (a crashed scheduler's); each keeps its attempt spent.
+
+        Safe to call from any number of processes: the fence lets one recoverer win per task.
+        """
+        now = now or self.clock()
+        recovered: list[Task] = []
+        for task in self.store.expired(now, limit):
+            expired_at = format_timestamp(task.lease_expires)
+            error = error_info(
+                "LeaseExpired",
+                f"lease expired at {expired_at}: the process running it stopped renewing "
+                "(crashed or was killed)",
+                at=now,
+            )
+            outcome = Outcome(task, ok=False, started_on=task.started_on or now,
+                              finished_on=now, error=error)  # fmt: skip
+            if self.store.write_many([self._outcome_write(outcome, now)])[0]:
+                recovered.append(task)
+                logger.warning(
+                    "recovered task %s (%s) after attempt %d: lease expired",
+                    task.id,
+                    task.party,
+                    task.attempts,
+                )
+        return recovered
+
+
+def _token() -> str:
+    return secrets.token_hex(12)
+
+
+def _checked_id(task_id: str) -> str:
+    if not is_valid_id(task_id):
+        raise ValidationError(
+            f"malformed task id {task_id!r}: expected 24 lowercase hex characters", field="id"
+        )
+    return task_id
+
+
+def _check_data(index: int, data: Any) -> None:
+    if not isinstance(data, dict):
+        raise ValidationError(
+            f"item {index}: 'data' must be a JSON object (a dict), got {type(data).__name__}",
+            index=index,
+            field="data",
+        )
+    bad = _find_bad_key(data)
+    if bad is not None:
+        raise ValidationError(
+            f"item {index}: 'data' key {bad!r} is not accepted: keys must be strings that do not "
+            "start with '$'",
+            index=index,
+            field="data",
+        )
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"item {index}: 'data' must hold only JSON values: {exc}", index=index, field="data"
+        ) from None
+
+
+def _find_bad_key(value: Any) -> Any:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if not isinstance(key, str) or key.startswith("$"):
+                return key
+            bad = _find_bad_key(inner)
+            if bad is not None:
+                return bad
+    elif isinstance(value, list):
+        for inner in value:
+            bad = _find_bad_key(inner)
+            if bad is not None:
+                return bad
+    return None

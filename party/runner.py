@@ -1,0 +1,79 @@
+"""Run one claimed task: build its handler, call ``run`` and ``on_complete``, return the outcome.
+
+Used by pool workers and by the server's force-run. Timeouts are enforced by the pool, which can
+kill a process; the runner itself never sleeps or forks. Imports ``handler``, ``registry``,
+``model``, ``queue`` and ``timestamps``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import Any
+
+from .handler import FollowUps
+from .model import Outcome, Status, Task
+from .queue import TaskQueue, error_info
+from .registry import Registry
+from .timestamps import system_now
+
+logger = logging.getLogger(__name__)
+
+
+def run_task(task: Task, registry: Registry) -> Outcome:
+    """Run ``task`` with its registered handler and describe what happened; never raises
+    (but for KeyboardInterrupt and SystemExit)."""
+    started = system_now()
+    handler_cls = registry.get(task.party)
+    if handler_cls is None:
+        known = ", ".join(registry.names) or "none"
+        message = f"no handler named {task.party!r} is registered here (known: {known})"
+        return Outcome(
+            task,
+            ok=False,
+            started_on=started,
+            finished_on=system_now(),
+            error=error_info("UnknownHandler", message, at=started),
+            permanent=True,
+        )
+    try:
+        handler = handler_cls(task)
+        result = _jsonable(handler.run(), task)
+        follow_ups = FollowUps()
+        handler.on_complete(follow_ups)
+    except Exception as exc:
+        finished = system_now()
+        return Outcome(
+            task,
+            ok=False,
+            started_on=started,
+            finished_on=finished,
+            error=error_info(type(exc).__name__, str(exc), traceback.format_exc(), at=finished),
+        )
+    return Outcome(
+        task,
+        ok=True,
+        started_on=started,
+        finished_on=system_now(),
+        result=result,
+        next_run=handler._next_run,
+        follow_ups=follow_ups.added,
+    )
+
+
+def execute(queue: TaskQueue, task: Task) -> tuple[Outcome, Status | None]:
+    """Run a claimed task and record its outcome through the queue (fenced by its lease)."""
+    outcome = run_task(task, queue.registry)
+    return outcome, queue.record([outcome])[0]
+
+
+def _jsonable(result: Any, task: Task) -> Any:
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError):
+        logger.warning(
+            "result of task %s (%s) is not JSON; its repr() is kept instead", task.id, task.party
+        )
+        return repr(result)
+    return result

@@ -1,0 +1,122 @@
+"""The store contract: what every backend must do, atomically, and in what order.
+
+A store persists ``model.Task`` records and knows nothing of handlers, HTTP or processes: rules such
+as attempts, retries and recurrence live in ``queue``, which expresses them as conditional writes.
+Imports only ``model``, ``errors`` and ``timestamps``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ..errors import Conflict
+from ..model import Status, Task, Write
+
+#: Paging cursor: the queue-order key of the last task of the previous page.
+OrderKey = tuple[datetime, int, datetime, str]
+
+
+class Store(ABC):
+    """Abstract task store. Every method may raise ``StoreUnavailable``.
+
+    Queue order is ``timestamp, attempts, created, id`` ascending. A task is *due* when its status
+    is ``queued`` and both its ``timestamp`` and its ``run_at`` are at or before ``now``.
+    """
+
+    #: Timestamps are stored at this precision (microseconds); finer input is rounded up.
+    precision_micros: int = 1
+
+    @abstractmethod
+    def insert_many(self, tasks: Sequence[Task]) -> list[Task]:
+        """Insert all of ``tasks`` or none of them; return them as stored, in the same order.
+
+        Raises ``Conflict`` (with ``index`` of the first clashing task) when a ``singleton`` key is
+        already held by a stored task or repeated within the batch; nothing is then left inserted.
+        """
+
+    @abstractmethod
+    def get(self, task_id: str) -> Task | None:
+        """The task with this id, or None."""
+
+    @abstractmethod
+    def query(
+        self,
+        *,
+        status: Status | None = None,
+        party: str | None = None,
+        limit: int = 100,
+        after: OrderKey | None = None,
+    ) -> list[Task]:
+        """Up to ``limit`` tasks in queue order, filtered by status and party, after ``after``."""
+
+    @abstractmethod
+    def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
+        """Atomically take up to ``limit`` due tasks, in queue order, and return them claimed.
+
+        Each taken task becomes ``running`` with ``attempts`` + 1, ``lease`` = ``token`` and
+        ``lease_expires`` set. A task is taken by at most one caller however many race for it.
+        """
+
+    @abstractmethod
+    def claim_id(self, task_id: str, lease_expires: datetime, token: str) -> Task | None:
+        """Claim one task by id, due or not, as ``claim`` would; None unless it is ``queued``."""
+
+    @abstractmethod
+    def update(self, write: Write) -> Task | None:
+        """Apply one conditional write atomically; return the task after it, or None if the id,
+        lease token or status did not match (nothing is then written)."""
+
+    @abstractmethod
+    def write_many(self, writes: Sequence[Write]) -> list[bool]:
+        """Apply conditional writes, each atomically on its own task; return which ones matched.
+
+        A store that can (SQLite) applies them in one transaction, for speed.
+        """
+
+    @abstractmethod
+    def expired(self, now: datetime, limit: int = 100) -> list[Task]:
+        """``running`` tasks whose lease expired before ``now``, oldest lease first."""
+
+    @abstractmethod
+    def next_run_at(self) -> datetime | None:
+        """The earliest time at which a queued task becomes due, or None when none is queued."""
+
+    @abstractmethod
+    def stats(self, now: datetime) -> dict[str, Any]:
+        """Counts: ``{"statuses": {status: n}, "parties": {party: {status: n}}, "due": n,
+        "oldest_due": datetime | None}``; every status appears in ``statuses``."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the store is not used afterwards."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_batch_singletons(tasks: Sequence[Task]) -> None:
+    """Raise ``Conflict`` when two tasks of one batch hold the same singleton key."""
+    seen: set[str] = set()
+    for index, task in enumerate(tasks):
+        if task.singleton is not None:
+            if task.singleton in seen:
+                raise singleton_conflict(task, index)
+            seen.add(task.singleton)
+
+
+def singleton_conflict(task: Task, index: int | None = None) -> Conflict:
+    """The error of a second live recurring task with the same (party, data)."""
+    return Conflict(
+        f"a recurring {task.party} task with the same data is already queued or running; "
+        "only one may exist at a time (delete it first, or change its data)",
+        index=index,
+    )

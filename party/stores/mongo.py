@@ -1,0 +1,332 @@
+"""MongoStore: the production store, one ``tasks`` collection shared by many servers and schedulers.
+
+Every claim and every fenced write is an atomic single-document update (or a filtered
+``update_many`` whose winners are read back by their claim token); writes are acknowledged by the
+majority. BSON keeps milliseconds, so ``timestamp`` and ``run_at`` are rounded *up* (no task starts
+before its time) and other times are truncated, and what is returned is what is stored. This is the
+only module that imports pymongo. ``bulk_write`` is avoided: mongomock mishandles ``UpdateOne``
+under current pymongo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, MongoClient, ReturnDocument, WriteConcern
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from ..errors import StoreUnavailable
+from ..model import ALL_STATUSES, Status, Task, Write
+from ..timestamps import round_up_to_millis
+from .base import OrderKey, Store, check_batch_singletons, singleton_conflict
+
+ORDER = [("timestamp", ASCENDING), ("attempts", ASCENDING), ("created", ASCENDING), ("_id", ASCENDING)]
+_ROUND_UP = ("timestamp", "run_at")
+_TRUNCATE = ("created", "last_run_on", "started_on", "completed_on", "lease_expires")
+_CLAIM_RETRIES = 3
+
+
+def _truncate_to_millis(value: datetime) -> datetime:
+    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+
+
+def _normalize(name: str, value: Any) -> Any:
+    if isinstance(value, datetime):
+        if name in _ROUND_UP:
+            return round_up_to_millis(value)
+        if name in _TRUNCATE:
+            return _truncate_to_millis(value)
+    if name == "status" and value is not None:
+        return str(value)
+    return value
+
+
+def _task_to_doc(task: Task) -> dict[str, Any]:
+    doc: dict[str, Any] = {"_id": ObjectId(task.id)}
+    for name in (
+        "party", "data", "timestamp", "created", "run_at", "attempts", "status", "is_recurring",
+        "last_run_on", "started_on", "completed_on", "result", "last_error", "lease",
+        "lease_expires", "singleton",
+    ):  # fmt: skip
+        value = getattr(task, name)
+        if value is not None:
+            doc[name] = _normalize(name, value)
+    return doc
+
+
+def _doc_to_task(doc: dict[str, Any]) -> Task:
+    return Task(
+        id=str(doc["_id"]),
+        party=doc["party"],
+        data=doc.get("data") or {},
+        timestamp=doc["timestamp"],
+        created=doc["created"],
+        run_at=doc["run_at"],
+        attempts=doc.get("attempts", 0),
+        status=Status(doc["status"]),
+        is_recurring=bool(doc.get("is_recurring", False)),
+        last_run_on=doc.get("last_run_on"),
+        started_on=doc.get("started_on"),
+        completed_on=doc.get("completed_on"),
+        result=doc.get("result"),
+        last_error=doc.get("last_error"),
+        lease=doc.get("lease"),
+        lease_expires=doc.get("lease_expires"),
+        singleton=doc.get("singleton"),
+    )
+
+
+def _filter(write: Write) -> dict[str, Any]:
+    query: dict[str, Any] = {"_id": ObjectId(write.task_id)}
+    if write.lease is not None:
+        query["lease"] = write.lease
+    if write.statuses is not None:
+        query["status"] = {"$in": [str(s) for s in write.statuses]}
+    return query
+
+
+def _update(write: Write) -> dict[str, Any]:
+    sets = {k: _normalize(k, v) for k, v in write.fields.items() if v is not None}
+    unsets = {k: "" for k, v in write.fields.items() if v is None}
+    update: dict[str, Any] = {}
+    if sets:
+        update["$set"] = sets
+    if unsets:
+        update["$unset"] = unsets
+    return update
+
+
+def _due(now: datetime) -> dict[str, Any]:
+    return {"status": "queued", "timestamp": {"$lte": now}, "run_at": {"$lte": now}}
+
+
+class MongoStore(Store):
+    """Tasks in a MongoDB collection. Build it with ``from_url`` in production; tests pass a
+    mongomock collection. Open a new instance in each process after a fork."""
+
+    precision_micros = 1000
+
+    def __init__(self, collection: Collection, *, client: Any = None) -> None:
+        self._tasks = collection
+        self._client = client
+        self.ensure_indexes()
+
+    @classmethod
+    def from_url(cls, url: str, *, collection: str = "tasks", **client_options: Any) -> MongoStore:
+        """Connect to ``mongodb://host:port/dbname`` (the database name is required)."""
+        client_options.setdefault("serverSelectionTimeoutMS", 5000)
+        client_options.setdefault("tz_aware", False)
+        client: MongoClient[dict[str, Any]] = MongoClient(url, **client_options)
+        database = client.get_default_database()
+        tasks = database.get_collection(collection, write_concern=WriteConcern("majority"))
+        return cls(tasks, client=client)
+
+    def __repr__(self) -> str:
+        return f"MongoStore({self._tasks.full_name!r})"
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes the queries rely on (idempotent)."""
+        with _guard():
+            self._tasks.create_index([("status", ASCENDING), *ORDER], name="tasks_order")
+            self._tasks.create_index(
+                [("run_at", ASCENDING)],
+                name="tasks_run_at",
+                partialFilterExpression={"status": "queued"},
+            )
+            self._tasks.create_index(
+                [("lease_expires", ASCENDING)],
+                name="tasks_lease",
+                partialFilterExpression={"status": "running"},
+            )
+            self._tasks.create_index(
+                [("singleton", ASCENDING)],
+                name="tasks_singleton",
+                unique=True,
+                partialFilterExpression={"singleton": {"$exists": True}},
+            )
+
+    def insert_many(self, tasks: Sequence[Task]) -> list[Task]:
+        check_batch_singletons(tasks)
+        if not tasks:
+            return []
+        docs = [_task_to_doc(task) for task in tasks]
+        with _guard():
+            try:
+                self._tasks.insert_many(docs, ordered=True)
+            except BulkWriteError as exc:
+                # An ordered insert stops at the first error: undo what went in before it, so the
+                # batch stays all or nothing for every reader that does not look in between.
+                inserted = exc.details.get("nInserted", 0)
+                if inserted:
+                    self._tasks.delete_many({"_id": {"$in": [d["_id"] for d in docs[:inserted]]}})
+                errors = exc.details.get("writeErrors") or [{}]
+                if errors[0].get("code") == 11000:
+                    index = errors[0].get("index", inserted)
+                    raise singleton_conflict(tasks[index], index) from None
+                raise
+        return [_doc_to_task(doc) for doc in docs]
+
+    def get(self, task_id: str) -> Task | None:
+        with _guard():
+            doc = self._tasks.find_one({"_id": ObjectId(task_id)})
+        return None if doc is None else _doc_to_task(doc)
+
+    def query(
+        self,
+        *,
+        status: Status | None = None,
+        party: str | None = None,
+        limit: int = 100,
+        after: OrderKey | None = None,
+    ) -> list[Task]:
+        query: dict[str, Any] = {}
+        if status is not None:
+            query["status"] = str(status)
+        if party is not None:
+            query["party"] = party
+        if after is not None:
+            ts, attempts, created, id_ = after
+            oid = ObjectId(id_)
+            query["$or"] = [
+                {"timestamp": {"$gt": ts}},
+                {"timestamp": ts, "attempts": {"$gt": attempts}},
+                {"timestamp": ts, "attempts": attempts, "created": {"$gt": created}},
+                {"timestamp": ts, "attempts": attempts, "created": created, "_id": {"$gt": oid}},
+            ]
+        with _guard():
+            docs = list(self._tasks.find(query).sort(ORDER).limit(limit))
+        return [_doc_to_task(doc) for doc in docs]
+
+    def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
+        won: list[Task] = []
+        with _guard():
+            for _ in range(_CLAIM_RETRIES):
+                want = limit - len(won)
+                candidates = [
+                    doc["_id"]
+                    for doc in self._tasks.find(_due(now), {"_id": 1}).sort(ORDER).limit(want)
+                ]
+                if not candidates:
+                    break
+                # The filter repeats the due condition, so a task another claimer took in between
+                # is not matched: each document is updated atomically, by one claimer only.
+                result = self._tasks.update_many(
+                    {"_id": {"$in": candidates}, **_due(now)},
+                    {
+                        "$set": {
+                            "status": "running",
+                            "lease": token,
+                            "lease_expires": _truncate_to_millis(lease_expires),
+                        },
+                        "$inc": {"attempts": 1},
+                    },
+                )
+                if result.modified_count:
+                    docs = self._tasks.find({"_id": {"$in": candidates}, "lease": token})
+                    won.extend(_doc_to_task(doc) for doc in docs)
+                if result.modified_count == len(candidates) or len(won) >= limit:
+                    break  # no contention, or enough: only a lost race is worth another look
+        won.sort(key=lambda t: t.order_key)
+        return won
+
+    def claim_id(self, task_id: str, lease_expires: datetime, token: str) -> Task | None:
+        with _guard():
+            doc = self._tasks.find_one_and_update(
+                {"_id": ObjectId(task_id), "status": "queued"},
+                {
+                    "$set": {
+                        "status": "running",
+                        "lease": token,
+                        "lease_expires": _truncate_to_millis(lease_expires),
+                    },
+                    "$inc": {"attempts": 1},
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+        return None if doc is None else _doc_to_task(doc)
+
+    def update(self, write: Write) -> Task | None:
+        with _guard():
+            doc = self._tasks.find_one_and_update(
+                _filter(write), _update(write), return_document=ReturnDocument.AFTER
+            )
+        return None if doc is None else _doc_to_task(doc)
+
+    def write_many(self, writes: Sequence[Write]) -> list[bool]:
+        with _guard():
+            return [
+                self._tasks.update_one(_filter(write), _update(write)).matched_count == 1
+                for write in writes
+            ]
+
+    def expired(self, now: datetime, limit: int = 100) -> list[Task]:
+        with _guard():
+            docs = (
+                self._tasks.find({"status": "running", "lease_expires": {"$lt": now}})
+                .sort([("lease_expires", ASCENDING)])
+                .limit(limit)
+            )
+            return [_doc_to_task(doc) for doc in docs]
+
+    def next_run_at(self) -> datetime | None:
+        with _guard():
+            doc = self._tasks.find_one(
+                {"status": "queued"}, {"run_at": 1}, sort=[("run_at", ASCENDING)]
+            )
+        return None if doc is None else doc["run_at"]
+
+    def stats(self, now: datetime) -> dict[str, Any]:
+        with _guard():
+            groups = list(
+                self._tasks.aggregate(
+                    [{"$group": {"_id": {"party": "$party", "status": "$status"}, "n": {"$sum": 1}}}]
+                )
+            )
+            due = self._tasks.count_documents(_due(now))
+            oldest = self._tasks.find_one(_due(now), {"timestamp": 1}, sort=ORDER)
+        statuses = dict.fromkeys(ALL_STATUSES, 0)
+        parties: dict[str, dict[str, int]] = {}
+        for group in groups:
+            party, status, count = group["_id"]["party"], group["_id"]["status"], group["n"]
+            statuses[status] = statuses.get(status, 0) + count
+            parties.setdefault(party, {})[status] = count
+        return {
+            "statuses": statuses,
+            "parties": parties,
+            "due": due,
+            "oldest_due": None if oldest is None else oldest["timestamp"],
+        }
+
+    def ping(self) -> None:
+        with _guard():
+            self._tasks.database.command("ping")
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def explain_claim(self, now: datetime) -> dict[str, Any]:
+        """The winning plan of the due-task query (for benchmarks and tests on a real server)."""
+        with _guard():
+            return self._tasks.find(_due(now)).sort(ORDER).limit(16).explain()
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    try:
+        yield
+    except DuplicateKeyError:
+        raise
+    except ConnectionFailure as exc:
+        raise StoreUnavailable(f"MongoDB did not answer: {exc}") from exc
+    except BulkWriteError:
+        raise
+    except PyMongoError as exc:
+        if exc.has_error_label("RetryableWriteError") or exc.timeout:
+            raise StoreUnavailable(f"MongoDB did not answer: {exc}") from exc
+        raise

@@ -1,0 +1,357 @@
+"""SqliteStore: the embedded, zero set-up store on one SQLite file, safe for several processes.
+
+WAL lets readers run beside the one writer; a busy timeout makes writers queue instead of failing;
+every claim is one ``UPDATE ... WHERE id IN (SELECT ... ORDER BY ... LIMIT n) RETURNING`` statement,
+so it is atomic across processes. Times are stored as integer microseconds since the epoch (UTC).
+Imports only the standard library, ``model``, ``errors``, ``timestamps`` and ``stores.base``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreUnavailable
+from ..model import ALL_STATUSES, Status, Task, Write
+from ..timestamps import from_micros, to_micros
+from .base import OrderKey, Store, check_batch_singletons, singleton_conflict
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id            TEXT PRIMARY KEY,
+    party         TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    timestamp     INTEGER NOT NULL,
+    created       INTEGER NOT NULL,
+    run_at        INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    status        TEXT NOT NULL,
+    is_recurring  INTEGER NOT NULL DEFAULT 0,
+    last_run_on   INTEGER,
+    started_on    INTEGER,
+    completed_on  INTEGER,
+    result        TEXT,
+    last_error    TEXT,
+    lease         TEXT,
+    lease_expires INTEGER,
+    singleton     TEXT
+);
+-- Serves the due-task claim (status = 'queued', timestamp <= now) in queue order, and listings
+-- filtered by status, without a sort.
+CREATE INDEX IF NOT EXISTS tasks_order ON tasks (status, timestamp, attempts, created, id);
+-- The next time a queued task becomes due (the scheduler's sleep target).
+CREATE INDEX IF NOT EXISTS tasks_run_at ON tasks (run_at) WHERE status = 'queued';
+-- Expired leases of running tasks.
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires) WHERE status = 'running';
+-- At most one live recurring task per (party, data): NULLs are distinct, so only live ones count.
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_singleton ON tasks (singleton);
+"""
+
+COLUMNS = (
+    "id",
+    "party",
+    "data",
+    "timestamp",
+    "created",
+    "run_at",
+    "attempts",
+    "status",
+    "is_recurring",
+    "last_run_on",
+    "started_on",
+    "completed_on",
+    "result",
+    "last_error",
+    "lease",
+    "lease_expires",
+    "singleton",
+)
+SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tasks"
+RETURNING = " RETURNING " + ", ".join(COLUMNS)
+INSERT = f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+ORDER = " ORDER BY timestamp, attempts, created, id"
+
+_TIME_FIELDS = frozenset(
+    {"timestamp", "created", "run_at", "last_run_on", "started_on", "completed_on", "lease_expires"}
+)
+_JSON_FIELDS = frozenset({"data", "result", "last_error"})
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _encode(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _TIME_FIELDS:
+        return to_micros(value)
+    if name in _JSON_FIELDS:
+        return _dumps(value)
+    if name == "status":
+        return str(value)
+    if name == "is_recurring":
+        return int(value)
+    return value
+
+
+def _row_to_task(row: tuple[Any, ...]) -> Task:
+    (id_, party, data, ts, created, run_at, attempts, status, recurring, last_run, started,
+     completed, result, last_error, lease, lease_expires, singleton) = row  # fmt: skip
+    return Task(
+        id=id_,
+        party=party,
+        data=json.loads(data),
+        timestamp=from_micros(ts),
+        created=from_micros(created),
+        run_at=from_micros(run_at),
+        attempts=attempts,
+        status=Status(status),
+        is_recurring=bool(recurring),
+        last_run_on=None if last_run is None else from_micros(last_run),
+        started_on=None if started is None else from_micros(started),
+        completed_on=None if completed is None else from_micros(completed),
+        result=None if result is None else json.loads(result),
+        last_error=None if last_error is None else json.loads(last_error),
+        lease=lease,
+        lease_expires=None if lease_expires is None else from_micros(lease_expires),
+        singleton=singleton,
+    )
+
+
+def _task_to_row(task: Task) -> tuple[Any, ...]:
+    return tuple(_encode(name, getattr(task, name)) for name in COLUMNS)
+
+
+def _where(write: Write) -> tuple[str, list[Any]]:
+    clause, params = " WHERE id = ?", [write.task_id]
+    if write.lease is not None:
+        clause += " AND lease = ?"
+        params.append(write.lease)
+    if write.statuses is not None:
+        clause += f" AND status IN ({', '.join('?' * len(write.statuses))})"
+        params.extend(str(s) for s in write.statuses)
+    return clause, params
+
+
+def _update_sql(write: Write) -> tuple[str, list[Any]]:
+    names = sorted(write.fields)  # a stable shape lets sqlite3 reuse its cached statements
+    sets = ", ".join(f"{name} = ?" for name in names)
+    where, where_params = _where(write)
+    params = [_encode(name, write.fields[name]) for name in names]
+    return f"UPDATE tasks SET {sets}{where}", params + where_params
+
+
+class SqliteStore(Store):
+    """Tasks in one SQLite file (``path``), shared safely by any number of processes.
+
+    One connection per instance, guarded by a lock so a server may call it from a thread pool. Open
+    a new instance in each process after a fork.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout,
+                isolation_level=None,  # autocommit; write transactions are explicit BEGIN IMMEDIATE
+                check_same_thread=False,
+                cached_statements=256,
+            )
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode loses no committed transaction when a process dies; only a power
+            # cut may lose the last few, which is the usual trade of an embedded queue.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = OFF")
+            with self._transaction():
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r})"
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so it never deadlocks on upgrade."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def _guard(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+
+    def insert_many(self, tasks: Sequence[Task]) -> list[Task]:
+        check_batch_singletons(tasks)
+        rows = [_task_to_row(task) for task in tasks]
+        with self._guard() as db:
+            try:
+                with self._transaction():
+                    db.executemany(INSERT, rows)
+            except sqlite3.IntegrityError:
+                clash = self._first_singleton_clash(tasks)
+                if clash is None:
+                    raise
+                raise singleton_conflict(tasks[clash], clash) from None
+        return list(tasks)
+
+    def _first_singleton_clash(self, tasks: Sequence[Task]) -> int | None:
+        for index, task in enumerate(tasks):
+            if task.singleton is not None:
+                row = self._db.execute(
+                    "SELECT 1 FROM tasks WHERE singleton = ?", (task.singleton,)
+                ).fetchone()
+                if row is not None:
+                    return index
+        return None
+
+    def get(self, task_id: str) -> Task | None:
+        with self._guard() as db:
+            row = db.execute(SELECT + " WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else _row_to_task(row)
+
+    def query(
+        self,
+        *,
+        status: Status | None = None,
+        party: str | None = None,
+        limit: int = 100,
+        after: OrderKey | None = None,
+    ) -> list[Task]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(str(status))
+        if party is not None:
+            clauses.append("party = ?")
+            params.append(party)
+        if after is not None:
+            ts, attempts, created, id_ = after
+            clauses.append("(timestamp, attempts, created, id) > (?, ?, ?, ?)")
+            params.extend([to_micros(ts), attempts, to_micros(created), id_])
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._guard() as db:
+            rows = db.execute(SELECT + where + ORDER + " LIMIT ?", (*params, limit)).fetchall()
+        return [_row_to_task(row) for row in rows]
+
+    def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
+        now_us = to_micros(now)
+        sql = (
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1, lease = ?, "
+            "lease_expires = ? WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
+            "AND timestamp <= ? AND run_at <= ?" + ORDER + " LIMIT ?)" + RETURNING
+        )
+        with self._guard() as db:
+            rows = db.execute(
+                sql, (token, to_micros(lease_expires), now_us, now_us, limit)
+            ).fetchall()
+        tasks = [_row_to_task(row) for row in rows]
+        tasks.sort(key=lambda t: t.order_key)  # RETURNING gives no order guarantee
+        return tasks
+
+    def claim_id(self, task_id: str, lease_expires: datetime, token: str) -> Task | None:
+        sql = (
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1, lease = ?, "
+            "lease_expires = ? WHERE id = ? AND status = 'queued'" + RETURNING
+        )
+        with self._guard() as db:
+            row = db.execute(sql, (token, to_micros(lease_expires), task_id)).fetchone()
+        return None if row is None else _row_to_task(row)
+
+    def update(self, write: Write) -> Task | None:
+        sql, params = _update_sql(write)
+        with self._guard() as db:
+            row = db.execute(sql + RETURNING, params).fetchone()
+        return None if row is None else _row_to_task(row)
+
+    def write_many(self, writes: Sequence[Write]) -> list[bool]:
+        if not writes:
+            return []
+        matched: list[bool] = []
+        with self._guard() as db, self._transaction():
+            for write in writes:
+                sql, params = _update_sql(write)
+                matched.append(db.execute(sql, params).rowcount == 1)
+        return matched
+
+    def expired(self, now: datetime, limit: int = 100) -> list[Task]:
+        sql = SELECT + " WHERE status = 'running' AND lease_expires < ? ORDER BY lease_expires LIMIT ?"
+        with self._guard() as db:
+            rows = db.execute(sql, (to_micros(now), limit)).fetchall()
+        return [_row_to_task(row) for row in rows]
+
+    def next_run_at(self) -> datetime | None:
+        with self._guard() as db:
+            (value,) = db.execute("SELECT MIN(run_at) FROM tasks WHERE status = 'queued'").fetchone()
+        return None if value is None else from_micros(value)
+
+    def stats(self, now: datetime) -> dict[str, Any]:
+        now_us = to_micros(now)
+        with self._guard() as db:
+            groups = db.execute(
+                "SELECT party, status, COUNT(*) FROM tasks GROUP BY party, status"
+            ).fetchall()
+            due, oldest = db.execute(
+                "SELECT COUNT(*), MIN(timestamp) FROM tasks WHERE status = 'queued' "
+                "AND timestamp <= ? AND run_at <= ?",
+                (now_us, now_us),
+            ).fetchone()
+        statuses = dict.fromkeys(ALL_STATUSES, 0)
+        parties: dict[str, dict[str, int]] = {}
+        for party, status, count in groups:
+            statuses[status] = statuses.get(status, 0) + count
+            parties.setdefault(party, {})[status] = count
+        return {
+            "statuses": statuses,
+            "parties": parties,
+            "due": due,
+            "oldest_due": None if oldest is None else from_micros(oldest),
+        }
+
+    def ping(self) -> None:
+        with self._guard() as db:
+            db.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def explain_claim(self, now: datetime) -> list[str]:
+        """The query plan of the due-task claim's inner select (for benchmarks and tests)."""
+        now_us = to_micros(now)
+        sql = (
+            "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE status = 'queued' AND timestamp <= ? "
+            "AND run_at <= ?" + ORDER + " LIMIT 16"
+        )
+        with self._guard() as db:
+            return [row[-1] for row in db.execute(sql, (now_us, now_us)).fetchall()]
+

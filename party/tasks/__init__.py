@@ -1,0 +1,1 @@
+"""Handler modules: every TaskBase subclass defined in a module of this package is registered."""

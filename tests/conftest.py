@@ -1,0 +1,85 @@
+"""Shared fixtures: a real SQLite file, mongomock, an opt-in real MongoDB, and the test handlers."""
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from party.queue import TaskQueue
+from party.registry import discover
+from party.stores.sqlite import SqliteStore
+
+HANDLERS = Path(__file__).parent / "handlers"
+MONGODB_URI = os.environ.get("PARTY_TEST_MONGODB_URI")
+
+
+@pytest.fixture
+def sqlite_path(tmp_path):
+    return tmp_path / "party.db"
+
+
+def _mongomock_store():
+    import mongomock
+
+    from party.stores.mongo import MongoStore
+
+    client = mongomock.MongoClient()
+    return MongoStore(client.get_database("party_test").get_collection("tasks"))
+
+
+def _real_mongo_store():
+    from party.stores.mongo import MongoStore
+
+    if not MONGODB_URI:
+        pytest.skip("set PARTY_TEST_MONGODB_URI=mongodb://host:port/db to test a real MongoDB")
+    store = MongoStore.from_url(MONGODB_URI, collection=f"tasks_{uuid.uuid4().hex[:8]}")
+    return store
+
+
+@pytest.fixture(params=["sqlite", "mongomock", "mongodb"])
+def store(request, sqlite_path):
+    """The same contract, once per backend."""
+    if request.param == "sqlite":
+        s = SqliteStore(sqlite_path)
+    elif request.param == "mongomock":
+        s = _mongomock_store()
+    else:
+        s = _real_mongo_store()
+    yield s
+    if request.param == "mongodb":
+        s._tasks.drop()
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return discover([str(HANDLERS)])
+
+
+class Clock:
+    """A settable clock for the queue: tests step time instead of sleeping."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, **delta):
+        from datetime import timedelta
+
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    from datetime import datetime
+
+    return Clock(datetime(2030, 1, 1, 12, 0, 0))
+
+
+@pytest.fixture
+def queue(store, registry, clock):
+    return TaskQueue(store, registry, lease_seconds=60, clock=clock)
