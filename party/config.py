@@ -1,4 +1,4 @@
-"""Settings: flags, else ``PARTY_*`` environment variables, else defaults; checked with clear errors.
+"""Settings: flags, else ``PARTY_*`` environment variables, else defaults, with clear errors.
 
 The only module that reads ``os.environ``. Entry points build an argparse parser with
 ``add_arguments`` and turn its namespace into ``Settings`` with ``load``. Standard library only.
@@ -78,14 +78,26 @@ def _optional(text: str) -> str | None:
 
 # name → (parse, what is accepted, help)
 _SPEC: dict[str, tuple[Callable[[str], Any], str, str]] = {
-    "store": (str, "a store URL", "sqlite:///party.db, sqlite:////abs/path.db or mongodb://host:port/db"),
-    "tasks": (_sources, "comma-separated sources", "extra handler modules, .py files or directories"),
+    "store": (
+        str,
+        "a store URL",
+        "sqlite:///party.db, sqlite:////abs/path.db or mongodb://host:port/db",
+    ),
+    "tasks": (
+        _sources,
+        "comma-separated sources",
+        "extra handler modules, .py files or directories",
+    ),
     "host": (str, "a host name or address", "TCP address of the server"),
     "port": (_port, "a port number 0..65535", "TCP port of the server"),
     "socket": (_optional, "a file path", "listen on this Unix socket instead of TCP (mode 0660)"),
     "token": (_optional, "a string", "require 'Authorization: Bearer <token>' on every request"),
     "workers": (_positive_int, "an integer >= 1", "worker processes of the scheduler"),
-    "poll_interval": (_positive_float, "seconds > 0", "longest idle sleep between looks at the store"),
+    "poll_interval": (
+        _positive_float,
+        "seconds > 0",
+        "longest idle sleep between looks at the store",
+    ),
     "grace": (float, "seconds >= 0", "how long a stopping scheduler lets running tasks finish"),
     "log_level": (_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL", "logging level"),
     "max_body": (_positive_int, "bytes >= 1", "largest request body the server reads"),

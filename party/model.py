@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from bson import ObjectId
@@ -19,17 +19,18 @@ from bson import ObjectId
 ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 
 
-class Status(str, Enum):
-    """Where a task is in its life. ``queued`` and ``running`` are the only live statuses."""
+class Status(StrEnum):
+    """Where a task is in its life. ``queued`` and ``running`` are the only live statuses.
+
+    A ``StrEnum`` (rq's ``JobStatus`` shape on Python 3.11): members compare equal to their
+    lowercase values, so stores and the wire use the plain strings.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     DELETED = "deleted"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 ALL_STATUSES = tuple(s.value for s in Status)
@@ -63,10 +64,10 @@ def singleton_key(party: str, data: dict[str, Any]) -> str:
 class Task:
     """One task as stored.
 
-    ``run_at`` is when the task may next be claimed: its ``timestamp``, or later while a retry delay
-    runs (retries never change ``timestamp``, which keeps its place in the queue order). ``lease`` is
-    the token of the current claim; every write of a run is conditional on it. ``singleton`` is set
-    only while a recurring task is queued or running, and is unique in the store.
+    ``run_at`` is when the task may next be claimed: its ``timestamp``, or later while a retry
+    delay runs (retries never change ``timestamp``, which keeps the task's place in the queue
+    order). ``lease`` is the token of the current claim; every write of a run is conditional on
+    it. ``singleton`` is set only while a recurring task is queued or running, and is unique.
     """
 
     id: str
@@ -114,8 +115,8 @@ WRITABLE_FIELDS = frozenset(
 
 @dataclass
 class Write:
-    """A conditional single-task update: set ``fields`` where the id matches, and the lease token and
-    status match when given. A field set to None is cleared."""
+    """A conditional single-task update: set ``fields`` where the id matches, and where the lease
+    token and status match when given. A field set to None is cleared."""
 
     task_id: str
     fields: dict[str, Any]
@@ -125,7 +126,7 @@ class Write:
 
 @dataclass
 class NewTask:
-    """A task to add: the validated input of ``TaskQueue.add`` and of ``tasks.add`` in on_complete."""
+    """A task to add: the input of ``TaskQueue.add`` and of ``tasks.add`` in on_complete."""
 
     party: str
     data: dict[str, Any] = field(default_factory=dict)

@@ -65,7 +65,9 @@ def _parse_iso(text: str) -> datetime:
     try:
         parsed = _dateparser.isoparse(text.strip())
     except (ValueError, OverflowError) as exc:
-        raise ValueError(f"{text!r} is not an ISO 8601 timestamp ({exc}); expected {ACCEPTED}") from None
+        raise ValueError(
+            f"{text!r} is not an ISO 8601 timestamp ({exc}); expected {ACCEPTED}"
+        ) from None
     return to_utc(parsed)
 
 
@@ -79,7 +81,7 @@ def _from_epoch_seconds(seconds: float) -> datetime:
 
 
 def _parse_extended_json(inner: Any) -> datetime:
-    # MongoDB extended JSON: {"$date": "<ISO>"}, {"$date": <ms>}, {"$date": {"$numberLong": "<ms>"}}.
+    # Extended JSON: {"$date": "<ISO>"}, {"$date": <ms>}, {"$date": {"$numberLong": "<ms>"}}.
     if isinstance(inner, dict) and set(inner) == {"$numberLong"}:
         inner = inner["$numberLong"]
         try:

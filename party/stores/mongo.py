@@ -25,7 +25,12 @@ from ..model import ALL_STATUSES, Status, Task, Write
 from ..timestamps import round_up_to_millis
 from .base import OrderKey, Store, check_batch_singletons, singleton_conflict
 
-ORDER = [("timestamp", ASCENDING), ("attempts", ASCENDING), ("created", ASCENDING), ("_id", ASCENDING)]
+ORDER = [
+    ("timestamp", ASCENDING),
+    ("attempts", ASCENDING),
+    ("created", ASCENDING),
+    ("_id", ASCENDING),
+]
 _ROUND_UP = ("timestamp", "run_at")
 _TRUNCATE = ("created", "last_run_on", "started_on", "completed_on", "lease_expires")
 _CLAIM_RETRIES = 3
@@ -284,7 +289,14 @@ class MongoStore(Store):
         with _guard():
             groups = list(
                 self._tasks.aggregate(
-                    [{"$group": {"_id": {"party": "$party", "status": "$status"}, "n": {"$sum": 1}}}]
+                    [
+                        {
+                            "$group": {
+                                "_id": {"party": "$party", "status": "$status"},
+                                "n": {"$sum": 1},
+                            }
+                        }
+                    ]
                 )
             )
             due = self._tasks.count_documents(_due(now))

@@ -188,7 +188,7 @@ class SqliteStore(Store):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE) so it never deadlocks on upgrade."""
+        """One write transaction, locked at once (BEGIN IMMEDIATE): it never deadlocks on upgrade."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -304,14 +304,19 @@ class SqliteStore(Store):
         return matched
 
     def expired(self, now: datetime, limit: int = 100) -> list[Task]:
-        sql = SELECT + " WHERE status = 'running' AND lease_expires < ? ORDER BY lease_expires LIMIT ?"
+        sql = (
+            SELECT
+            + " WHERE status = 'running' AND lease_expires < ? ORDER BY lease_expires LIMIT ?"
+        )
         with self._guard() as db:
             rows = db.execute(sql, (to_micros(now), limit)).fetchall()
         return [_row_to_task(row) for row in rows]
 
     def next_run_at(self) -> datetime | None:
         with self._guard() as db:
-            (value,) = db.execute("SELECT MIN(run_at) FROM tasks WHERE status = 'queued'").fetchone()
+            (value,) = db.execute(
+                "SELECT MIN(run_at) FROM tasks WHERE status = 'queued'"
+            ).fetchone()
         return None if value is None else from_micros(value)
 
     def stats(self, now: datetime) -> dict[str, Any]:
@@ -354,4 +359,3 @@ class SqliteStore(Store):
         )
         with self._guard() as db:
             return [row[-1] for row in db.execute(sql, (now_us, now_us)).fetchall()]
-
