@@ -22,9 +22,7 @@ class FollowUps:
     def __init__(self) -> None:
         self.added: list[NewTask] = []
 
-    def add(
-        self, party: str, data: dict[str, Any] | None = None, timestamp: Any = None
-    ) -> NewTask:
+    def add(self, party: str, data: dict[str, Any] | None = None, timestamp: Any = None) -> NewTask:
         """Queue a task of handler ``party`` (a class name) after this run completes."""
         when = None if timestamp is None else parse_timestamp(timestamp)
         task = NewTask(party=party, data={} if data is None else data, timestamp=when)

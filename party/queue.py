@@ -300,9 +300,7 @@ class TaskQueue:
                 exc,
             )
 
-    def fail(
-        self, task: Task, error: dict[str, Any], *, permanent: bool = False
-    ) -> Status | None:
+    def fail(self, task: Task, error: dict[str, Any], *, permanent: bool = False) -> Status | None:
         """Record a failed run of a claimed task (an exception, a timeout, a dead worker)."""
         now = self.clock()
         outcome = Outcome(task, ok=False, started_on=task.started_on or now, finished_on=now,

@@ -188,7 +188,7 @@ class SqliteStore(Store):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, locked at once (BEGIN IMMEDIATE): it never deadlocks on upgrade."""
+        """One write transaction, locked at once (BEGIN IMMEDIATE): it cannot deadlock."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
