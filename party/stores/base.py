@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import Conflict
 from ..model import Status, Task, Write
+from .wakeup import Listener
 
 #: Paging cursor: the queue-order key of the last task of the previous page.
 OrderKey = tuple[datetime, int, datetime, str]
@@ -92,6 +93,16 @@ class Store(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
+
+    def listen(self) -> Listener | None:
+        """A wake-up listener for a scheduler: its ``fileno()`` becomes readable when a task was
+        queued (added, re-queued, retried or handed back) by any process; None when this store
+        has no channel (then polling alone finds new tasks)."""
+        return None
+
+    def notify(self) -> None:  # noqa: B027 - optional hook
+        """Wake the listeners after a task was queued. Stores call it themselves after such a
+        commit; it never raises and costs a few microseconds."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is not used afterwards."""

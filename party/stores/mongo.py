@@ -10,6 +10,9 @@ under current pymongo.
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,12 +21,21 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, MongoClient, ReturnDocument, WriteConcern
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 from ..errors import StoreUnavailable
 from ..model import ALL_STATUSES, Status, Task, Write
 from ..timestamps import round_up_to_millis
 from .base import OrderKey, Store, check_batch_singletons, singleton_conflict
+from .wakeup import Listener, Notifier, channel_dir
+
+logger = logging.getLogger(__name__)
 
 ORDER = [
     ("timestamp", ASCENDING),
@@ -119,6 +131,8 @@ class MongoStore(Store):
     def __init__(self, collection: Collection, *, client: Any = None) -> None:
         self._tasks = collection
         self._client = client
+        self._wake_dir = channel_dir("mongodb:" + collection.full_name)
+        self._notifier: Notifier | None = None
         self.ensure_indexes()
 
     @classmethod
@@ -174,6 +188,7 @@ class MongoStore(Store):
                     index = errors[0].get("index", inserted)
                     raise singleton_conflict(tasks[index], index) from None
                 raise
+        self.notify()
         return [_doc_to_task(doc) for doc in docs]
 
     def get(self, task_id: str) -> Task | None:
@@ -260,14 +275,24 @@ class MongoStore(Store):
             doc = self._tasks.find_one_and_update(
                 _filter(write), _update(write), return_document=ReturnDocument.AFTER
             )
-        return None if doc is None else _doc_to_task(doc)
+        if doc is None:
+            return None
+        if write.fields.get("status") == Status.QUEUED:
+            self.notify()
+        return _doc_to_task(doc)
 
     def write_many(self, writes: Sequence[Write]) -> list[bool]:
         with _guard():
-            return [
+            matched = [
                 self._tasks.update_one(_filter(write), _update(write)).matched_count == 1
                 for write in writes
             ]
+        if any(
+            ok and w.fields.get("status") == Status.QUEUED
+            for w, ok in zip(writes, matched, strict=True)
+        ):
+            self.notify()
+        return matched
 
     def expired(self, now: datetime, limit: int = 100) -> list[Task]:
         with _guard():
@@ -318,7 +343,26 @@ class MongoStore(Store):
         with _guard():
             self._tasks.database.command("ping")
 
+    def listen(self) -> Listener | ChangeStreamListener:
+        """A change stream where the deployment has one (a replica set: it reaches schedulers on
+        every machine), else the local channel of schedulers on this machine."""
+        try:
+            stream = self._tasks.watch(_QUEUED_CHANGES, max_await_time_ms=1000)
+        # OperationFailure: a standalone server; TypeError: mongomock, which has no watch().
+        except (OperationFailure, NotImplementedError, TypeError) as exc:
+            logger.info("no change stream on %s (%s); wake-ups reach this machine only", self, exc)
+            return Listener(self._wake_dir)
+        logger.info("watching a change stream on %s for wake-ups", self)
+        return ChangeStreamListener(stream)
+
+    def notify(self) -> None:
+        if self._notifier is None:
+            self._notifier = Notifier(self._wake_dir)
+        self._notifier.notify()
+
     def close(self) -> None:
+        if self._notifier is not None:
+            self._notifier.close()
         if self._client is not None:
             self._client.close()
 
@@ -326,6 +370,68 @@ class MongoStore(Store):
         """The winning plan of the due-task query (for benchmarks and tests on a real server)."""
         with _guard():
             return self._tasks.find(_due(now)).sort(ORDER).limit(16).explain()
+
+
+# Inserts, and updates that make a task queued (a retry, a recurring re-queue, a hand-back).
+_QUEUED_CHANGES = [
+    {
+        "$match": {
+            "$or": [
+                {"operationType": "insert"},
+                {"updateDescription.updatedFields.status": "queued"},
+            ]
+        }
+    },
+    {"$project": {"_id": 1}},
+]
+
+
+class ChangeStreamListener:
+    """Turns a change stream into a readable descriptor: a thread follows the stream and writes
+    one byte to a socket pair per change; if the stream breaks, the thread logs it and stops, and
+    polling carries on alone."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        self._thread = threading.Thread(
+            target=self._follow, name="party-change-stream", daemon=True
+        )
+        self._thread.start()
+
+    def _follow(self) -> None:
+        try:
+            while self._stream.alive:
+                if self._stream.try_next() is not None:
+                    try:
+                        self._write.send(b"!")
+                    except BlockingIOError:
+                        pass  # a wake-up is already pending
+        except Exception as exc:  # the stream is a convenience; polling stays correct without it
+            if self._stream.alive:
+                logger.warning("change stream stopped (%s); falling back to polling", exc)
+
+    def fileno(self) -> int:
+        """The descriptor that becomes readable when a task was queued anywhere."""
+        return self._read.fileno()
+
+    def drain(self) -> int:
+        """Consume every pending notification; return how many there were."""
+        count = 0
+        while True:
+            try:
+                count += len(self._read.recv(4096))
+            except (BlockingIOError, InterruptedError):
+                return count
+
+    def close(self) -> None:
+        """Stop following the stream."""
+        self._stream.close()
+        self._thread.join(timeout=2)
+        self._read.close()
+        self._write.close()
 
 
 @contextmanager

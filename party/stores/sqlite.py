@@ -9,6 +9,7 @@ Imports only the standard library, ``model``, ``errors``, ``timestamps`` and ``s
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from ..errors import StoreUnavailable
 from ..model import ALL_STATUSES, Status, Task, Write
 from ..timestamps import from_micros, to_micros
 from .base import OrderKey, Store, check_batch_singletons, singleton_conflict
+from .wakeup import Listener, Notifier, channel_dir
 
 SCHEMA_VERSION = 1
 
@@ -162,6 +164,8 @@ class SqliteStore(Store):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._wake_dir = channel_dir("sqlite:" + os.path.realpath(self.path))
+        self._notifier: Notifier | None = None
         try:
             self._db = sqlite3.connect(
                 self.path,
@@ -221,6 +225,7 @@ class SqliteStore(Store):
                 if clash is None:
                     raise
                 raise singleton_conflict(tasks[clash], clash) from None
+        self.notify()
         return list(tasks)
 
     def _first_singleton_clash(self, tasks: Sequence[Task]) -> int | None:
@@ -291,7 +296,11 @@ class SqliteStore(Store):
         sql, params = _update_sql(write)
         with self._guard() as db:
             row = db.execute(sql + RETURNING, params).fetchone()
-        return None if row is None else _row_to_task(row)
+        if row is None:
+            return None
+        if write.fields.get("status") == Status.QUEUED:
+            self.notify()
+        return _row_to_task(row)
 
     def write_many(self, writes: Sequence[Write]) -> list[bool]:
         if not writes:
@@ -301,6 +310,11 @@ class SqliteStore(Store):
             for write in writes:
                 sql, params = _update_sql(write)
                 matched.append(db.execute(sql, params).rowcount == 1)
+        if any(
+            ok and w.fields.get("status") == Status.QUEUED
+            for w, ok in zip(writes, matched, strict=True)
+        ):
+            self.notify()
         return matched
 
     def expired(self, now: datetime, limit: int = 100) -> list[Task]:
@@ -346,9 +360,19 @@ class SqliteStore(Store):
         with self._guard() as db:
             db.execute("SELECT 1").fetchone()
 
+    def listen(self) -> Listener:
+        return Listener(self._wake_dir)
+
+    def notify(self) -> None:
+        if self._notifier is None:
+            self._notifier = Notifier(self._wake_dir)
+        self._notifier.notify()
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._notifier is not None:
+                self._notifier.close()
 
     def explain_claim(self, now: datetime) -> list[str]:
         """The query plan of the due-task claim's inner select (for benchmarks and tests)."""
