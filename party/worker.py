@@ -1,0 +1,246 @@
+"""The worker process: the loop a pool child runs after the fork, until its parent is gone.
+
+A worker opens its own store (a connection inherited across ``fork`` is never safe to use), ignores
+SIGINT and SIGTERM (the scheduler decides when it stops), and runs what arrives on its pipe: a list
+of ``(seq, Task)`` pairs, run in order through ``runner.run_task``. Outcomes are recorded by the
+worker itself through its own ``TaskQueue``, fenced by each run's lease, in batches (one store
+transaction for several runs), and then reported to the parent as small ``Report`` tuples. Before
+each run the worker writes the run's sequence number and start time into memory it shares with the
+parent, so the parent can enforce timeouts and knows which task a dead worker was running without a
+message per task. Imports ``runner``, ``queue``, ``stores``, ``registry``, ``model``, ``errors`` and
+``timestamps``; never the scheduler or the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import signal
+import struct
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import NamedTuple
+
+from .errors import StoreUnavailable
+from .model import Outcome, Status, Task
+from .queue import TaskQueue
+from .registry import Registry
+from .runner import run_task
+from .stores import open_store
+
+logger = logging.getLogger(__name__)
+
+# Shared slot layout: start of the current run (time.monotonic, which is system-wide on Linux),
+# the run's sequence number (> 0 while its handler runs, negated once it returned), and a stop
+# flag the parent raises so a worker hands back the runs it has not started.
+SLOT = struct.Struct("=dqq")
+SLOT_SIZE = SLOT.size
+
+#: Signals a worker ignores; the pool blocks them around the fork so none lands before that.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+#: Longest time a finished outcome waits in the worker before it is written to the store.
+FLUSH_AFTER = 0.02
+#: Status value a worker reports for a task it handed back unstarted (its attempt given back).
+RELEASED = "released"
+
+
+class Report(NamedTuple):
+    """One finished (or handed back) run, as sent from a worker to its parent."""
+
+    seq: int
+    status: str | None  # a Status value, RELEASED, or None when the outcome was discarded
+    duration: float
+    error: str | None  # the error type of a failed run
+
+
+def new_slot() -> mmap.mmap:
+    """Anonymous shared memory for one worker; create it before the fork."""
+    return mmap.mmap(-1, SLOT_SIZE)
+
+
+def read_slot(slot: mmap.mmap) -> tuple[float, int, int]:
+    """(started, seq, stop) as last written; seq > 0 means that run is in its handler now."""
+    return SLOT.unpack_from(slot, 0)
+
+
+def set_stop(slot: mmap.mmap) -> None:
+    """Ask the worker to hand back the runs it has not started."""
+    started, seq, _ = read_slot(slot)
+    SLOT.pack_into(slot, 0, started, seq, 1)
+
+
+class Worker:
+    """The state of one worker process; ``serve`` is its whole life."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        slot: mmap.mmap,
+        store_url: str,
+        registry: Registry,
+        *,
+        lease_seconds: float,
+        name: str,
+    ) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.registry = registry
+        self.name = name
+        self.parent = os.getppid()
+        self.lease_seconds = lease_seconds
+        self.queue = TaskQueue(open_store(store_url), registry, lease_seconds=lease_seconds)
+        self.pending: deque[tuple[int, Task]] = deque()
+        self.done: list[tuple[int, Outcome, float]] = []
+        self.first_done = 0.0
+
+    def serve(self) -> int:
+        """Run tasks until the parent closes the pipe or exits; return the exit code."""
+        while True:
+            if not self.pending:
+                self.flush()
+                if not self._receive(block=True):
+                    return 0
+            elif self.conn.poll():
+                # More work arrived while busy: take it now so the run queue never drains early.
+                if not self._receive(block=False):
+                    return 0
+            if read_slot(self.slot)[2]:
+                self.hand_back()
+                continue
+            seq, task = self.pending.popleft()
+            self._run(seq, task)
+            if not self.pending or time.monotonic() - self.first_done > FLUSH_AFTER:
+                self.flush()
+
+    def _receive(self, *, block: bool) -> bool:
+        while block and not self.conn.poll(1.0):
+            if os.getppid() != self.parent:
+                return False
+        try:
+            batch = self.conn.recv()
+        except (EOFError, OSError):
+            return False
+        self.pending.extend(batch)
+        return True
+
+    def _run(self, seq: int, task: Task) -> None:
+        started = time.monotonic()
+        SLOT.pack_into(self.slot, 0, started, seq, read_slot(self.slot)[2])
+        logger.info("task %s (%s) attempt %d started", task.id, task.party, task.attempts)
+        outcome = run_task(task, self.registry)
+        duration = time.monotonic() - started
+        SLOT.pack_into(self.slot, 0, started, -seq, read_slot(self.slot)[2])
+        if not self.done:
+            self.first_done = time.monotonic()
+        self.done.append((seq, outcome, duration))
+
+    def flush(self) -> None:
+        """Record finished outcomes in one store batch and report them to the parent."""
+        if not self.done:
+            return
+        done, self.done = self.done, []
+        statuses = self._record([outcome for _, outcome, _ in done])
+        reports = []
+        for (seq, outcome, duration), status in zip(done, statuses, strict=True):
+            log_end(outcome, status, duration)
+            error = None if outcome.ok or outcome.error is None else outcome.error["type"]
+            reports.append(Report(seq, None if status is None else str(status), duration, error))
+        self._send(reports)
+
+    def _record(self, outcomes: Sequence[Outcome]) -> list[Status | None]:
+        # A store that stops answering is retried for about one lease: beyond that the parent has
+        # stopped renewing anyway and lease recovery owns these tasks.
+        deadline = time.monotonic() + self.lease_seconds
+        delay = 0.05
+        while True:
+            try:
+                return self.queue.record(outcomes)
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    logger.error("%s: outcomes of %d runs lost: %s", self.name, len(outcomes), exc)
+                    return [None] * len(outcomes)
+                logger.warning(
+                    "%s: store unavailable, retrying in %.2fs: %s", self.name, delay, exc
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception:
+                logger.exception("%s: cannot record %d outcomes", self.name, len(outcomes))
+                return [None] * len(outcomes)
+
+    def hand_back(self) -> None:
+        """Give every unstarted run back to the queue without spending its attempt (shutdown)."""
+        self.flush()
+        pending, self.pending = list(self.pending), deque()
+        if not pending:
+            return
+        try:
+            released = self.queue.release([task for _, task in pending])
+        except Exception as exc:  # the parent releases whatever is not reported
+            logger.warning("%s: cannot hand back %d tasks: %s", self.name, len(pending), exc)
+            return
+        self._send(
+            [
+                Report(seq, RELEASED if ok else None, 0.0, None)
+                for (seq, _), ok in zip(pending, released, strict=True)
+            ]
+        )
+
+    def _send(self, reports: list[Report]) -> None:
+        try:
+            self.conn.send(reports)
+        except OSError:
+            pass  # the parent is gone; the loop notices at the next receive
+
+
+def log_end(outcome: Outcome, status: Status | str | None, duration: float) -> None:
+    """The one line that ends a run (id, handler, attempt, duration, outcome)."""
+    task = outcome.task
+    head = f"task {task.id} ({task.party}) attempt {task.attempts}"
+    if status is None:
+        logger.warning("%s finished in %.3fs; outcome discarded: lease lost", head, duration)
+    elif outcome.ok:
+        if status == Status.QUEUED:
+            logger.info("%s completed in %.3fs, next run %s", head, duration, outcome.next_run)
+        else:
+            logger.info("%s %s in %.3fs", head, status, duration)
+    else:
+        error = outcome.error or {}
+        then = {Status.QUEUED: "will retry", Status.FAILED: "failed for good"}.get(
+            Status(status), f"task is {status}"
+        )
+        logger.warning(
+            "%s failed in %.3fs (%s: %s); %s\n%s",
+            head,
+            duration,
+            error.get("type"),
+            error.get("message"),
+            then,
+            (error.get("traceback") or "").rstrip(),
+        )
+
+
+def child_main(
+    conn: Connection,
+    slot: mmap.mmap,
+    store_url: str,
+    registry: Registry,
+    *,
+    lease_seconds: float,
+    name: str,
+) -> int:
+    """Entry of a freshly forked worker: ignore stop signals, open the store, serve."""
+    # Workers stay in the scheduler's process group (Ctrl-C and `kill -- -PGID` reach them) but
+    # the scheduler alone decides: it drains, hands back and stops them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the pool around fork
+    try:
+        worker = Worker(conn, slot, store_url, registry, lease_seconds=lease_seconds, name=name)
+    except StoreUnavailable as exc:
+        logger.error("%s cannot open its store: %s", name, exc)
+        return 3
+    return worker.serve()
