@@ -243,7 +243,8 @@ class TaskQueue:
                         task.id,
                         task.party,
                     )
-                fields.update(status=Status.COMPLETED, singleton=None)
+                fields["status"] = Status.COMPLETED
+                fields.update(_free_singleton(task))
         else:
             fields.update(self._failure_fields(task, outcome.error, outcome.permanent, now))
         return Write(task.id, fields, lease=task.lease, statuses=(Status.RUNNING,))
@@ -255,7 +256,8 @@ class TaskQueue:
         max_attempts = handler.max_attempts if handler else DEFAULT_MAX_ATTEMPTS
         fields: dict[str, Any] = {"last_error": error}
         if permanent or task.attempts >= max_attempts:
-            fields.update(status=Status.FAILED, singleton=None)
+            fields["status"] = Status.FAILED
+            fields.update(_free_singleton(task))
         else:
             delay = handler.retry_delay_for(task.attempts) if handler else 0.0
             fields.update(
@@ -352,6 +354,11 @@ class TaskQueue:
                     task.attempts,
                 )
         return recovered
+
+
+def _free_singleton(task: Task) -> dict[str, Any]:
+    # Writing the column only when it is set spares the store an index update on every task.
+    return {"singleton": None} if task.singleton is not None else {}
 
 
 def _token() -> str:
