@@ -94,25 +94,6 @@ class Task:
         return (self.timestamp, self.attempts, self.created, self.id)
 
 
-# Fields a store may be asked to set through a write; anything else is a programming error.
-WRITABLE_FIELDS = frozenset(
-    {
-        "status",
-        "timestamp",
-        "run_at",
-        "attempts",
-        "last_run_on",
-        "started_on",
-        "completed_on",
-        "result",
-        "last_error",
-        "lease",
-        "lease_expires",
-        "singleton",
-    }
-)
-
-
 @dataclass
 class Write:
     """A conditional single-task update: set ``fields`` where the id matches, and where the lease

@@ -8,12 +8,12 @@ Imports only ``model``, ``errors`` and ``timestamps``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from ..errors import Conflict
-from ..model import Status, Task, Write
+from ..model import ALL_STATUSES, Status, Task, Write
 from .wakeup import Listener
 
 #: Paging cursor: the queue-order key of the last task of the previous page.
@@ -112,6 +112,18 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def assemble_stats(
+    groups: Iterable[tuple[str, str, int]], due: int, oldest_due: datetime | None
+) -> dict[str, Any]:
+    """The ``stats`` answer from (party, status, count) rows: every status appears."""
+    statuses = dict.fromkeys(ALL_STATUSES, 0)
+    parties: dict[str, dict[str, int]] = {}
+    for party, status, count in groups:
+        statuses[status] = statuses.get(status, 0) + count
+        parties.setdefault(party, {})[status] = count
+    return {"statuses": statuses, "parties": parties, "due": due, "oldest_due": oldest_due}
 
 
 def check_batch_singletons(tasks: Sequence[Task]) -> None:

@@ -30,9 +30,15 @@ from pymongo.errors import (
 )
 
 from ..errors import StoreUnavailable
-from ..model import ALL_STATUSES, Status, Task, Write
+from ..model import Status, Task, Write
 from ..timestamps import round_up_to_millis
-from .base import OrderKey, Store, check_batch_singletons, singleton_conflict
+from .base import (
+    OrderKey,
+    Store,
+    assemble_stats,
+    check_batch_singletons,
+    singleton_conflict,
+)
 from .wakeup import Listener, Notifier, channel_dir
 
 logger = logging.getLogger(__name__)
@@ -326,18 +332,8 @@ class MongoStore(Store):
             )
             due = self._tasks.count_documents(_due(now))
             oldest = self._tasks.find_one(_due(now), {"timestamp": 1}, sort=ORDER)
-        statuses = dict.fromkeys(ALL_STATUSES, 0)
-        parties: dict[str, dict[str, int]] = {}
-        for group in groups:
-            party, status, count = group["_id"]["party"], group["_id"]["status"], group["n"]
-            statuses[status] = statuses.get(status, 0) + count
-            parties.setdefault(party, {})[status] = count
-        return {
-            "statuses": statuses,
-            "parties": parties,
-            "due": due,
-            "oldest_due": None if oldest is None else oldest["timestamp"],
-        }
+        rows = ((g["_id"]["party"], g["_id"]["status"], g["n"]) for g in groups)
+        return assemble_stats(rows, due, None if oldest is None else oldest["timestamp"])
 
     def ping(self) -> None:
         with _guard():

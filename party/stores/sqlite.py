@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreUnavailable
-from ..model import ALL_STATUSES, Status, Task, Write
+from ..model import Status, Task, Write
 from ..timestamps import from_micros, to_micros
-from .base import OrderKey, Store, check_batch_singletons, singleton_conflict
+from .base import (
+    OrderKey,
+    Store,
+    assemble_stats,
+    check_batch_singletons,
+    singleton_conflict,
+)
 from .wakeup import Listener, Notifier, channel_dir
 
 SCHEMA_VERSION = 1
@@ -344,17 +350,7 @@ class SqliteStore(Store):
                 "AND timestamp <= ? AND run_at <= ?",
                 (now_us, now_us),
             ).fetchone()
-        statuses = dict.fromkeys(ALL_STATUSES, 0)
-        parties: dict[str, dict[str, int]] = {}
-        for party, status, count in groups:
-            statuses[status] = statuses.get(status, 0) + count
-            parties.setdefault(party, {})[status] = count
-        return {
-            "statuses": statuses,
-            "parties": parties,
-            "due": due,
-            "oldest_due": None if oldest is None else from_micros(oldest),
-        }
+        return assemble_stats(groups, due, None if oldest is None else from_micros(oldest))
 
     def ping(self) -> None:
         with self._guard() as db:
