@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,8 @@ _TIME_FIELDS = frozenset(
     {"timestamp", "created", "run_at", "last_run_on", "started_on", "completed_on", "lease_expires"}
 )
 _JSON_FIELDS = frozenset({"data", "result", "last_error"})
+_STATUS = {status.value: status for status in Status}
+_EMPTY_OBJECT = "{}"
 
 
 def _dumps(value: Any) -> str | None:
@@ -104,34 +107,41 @@ def _encode(name: str, value: Any) -> Any:
         return to_micros(value)
     if name in _JSON_FIELDS:
         return _dumps(value)
-    if name == "status":
-        return str(value)
     if name == "is_recurring":
         return int(value)
-    return value
+    return value  # str, int, and Status (a str) bind as they are
 
 
+def _time(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+def _json(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+# Rows are decoded positionally: this runs once per claimed task, so it is kept lean.
 def _row_to_task(row: tuple[Any, ...]) -> Task:
     (id_, party, data, ts, created, run_at, attempts, status, recurring, last_run, started,
      completed, result, last_error, lease, lease_expires, singleton) = row  # fmt: skip
     return Task(
-        id=id_,
-        party=party,
-        data=json.loads(data),
-        timestamp=from_micros(ts),
-        created=from_micros(created),
-        run_at=from_micros(run_at),
-        attempts=attempts,
-        status=Status(status),
-        is_recurring=bool(recurring),
-        last_run_on=None if last_run is None else from_micros(last_run),
-        started_on=None if started is None else from_micros(started),
-        completed_on=None if completed is None else from_micros(completed),
-        result=None if result is None else json.loads(result),
-        last_error=None if last_error is None else json.loads(last_error),
-        lease=lease,
-        lease_expires=None if lease_expires is None else from_micros(lease_expires),
-        singleton=singleton,
+        id_,
+        party,
+        {} if data == _EMPTY_OBJECT else json.loads(data),
+        from_micros(ts),
+        from_micros(created),
+        from_micros(run_at),
+        attempts,
+        _STATUS[status],
+        bool(recurring),
+        _time(last_run),
+        _time(started),
+        _time(completed),
+        _json(result),
+        _json(last_error),
+        lease,
+        _time(lease_expires),
+        singleton,
     )
 
 
@@ -139,23 +149,29 @@ def _task_to_row(task: Task) -> tuple[Any, ...]:
     return tuple(_encode(name, getattr(task, name)) for name in COLUMNS)
 
 
-def _where(write: Write) -> tuple[str, list[Any]]:
-    clause, params = " WHERE id = ?", [write.task_id]
-    if write.lease is not None:
-        clause += " AND lease = ?"
-        params.append(write.lease)
-    if write.statuses is not None:
-        clause += f" AND status IN ({', '.join('?' * len(write.statuses))})"
-        params.extend(str(s) for s in write.statuses)
-    return clause, params
+@lru_cache(maxsize=256)
+def _update_statement(names: tuple[str, ...], fenced: bool, statuses: int | None) -> str:
+    sql = "UPDATE tasks SET " + ", ".join(f"{name} = ?" for name in names) + " WHERE id = ?"
+    if fenced:
+        sql += " AND lease = ?"
+    if statuses is not None:
+        sql += f" AND status IN ({', '.join('?' * statuses)})"
+    return sql
 
 
 def _update_sql(write: Write) -> tuple[str, list[Any]]:
-    names = sorted(write.fields)  # a stable shape lets sqlite3 reuse its cached statements
-    sets = ", ".join(f"{name} = ?" for name in names)
-    where, where_params = _where(write)
-    params = [_encode(name, write.fields[name]) for name in names]
-    return f"UPDATE tasks SET {sets}{where}", params + where_params
+    fields = write.fields
+    names = tuple(sorted(fields))  # a stable shape lets sqlite3 reuse its cached statements
+    params = [_encode(name, fields[name]) for name in names]
+    params.append(write.task_id)
+    if write.lease is not None:
+        params.append(write.lease)
+    if write.statuses is not None:
+        params.extend(write.statuses)
+    sql = _update_statement(
+        names, write.lease is not None, None if write.statuses is None else len(write.statuses)
+    )
+    return sql, params
 
 
 class SqliteStore(Store):
