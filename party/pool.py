@@ -147,6 +147,10 @@ class WorkerPool:
         self._children[index] = _Child(index, pid, parent_conn, slot)
         logger.debug("%s started (pid %d)", name, pid)
 
+    def attach_queue(self, queue: TaskQueue) -> None:
+        """Use ``queue`` (opened after the fork) to fail or hand back the runs of dead workers."""
+        self._queue = queue
+
     @property
     def pids(self) -> list[int]:
         """Process ids of the live workers."""

@@ -1,0 +1,97 @@
+"""The scheduler's entry point: flags and environment to settings, logging, handlers, pool, loop.
+
+The order matters: handlers are imported (``registry.discover``) before the pool forks, so every
+worker inherits them, and the scheduler's own store is opened after the fork, so no worker inherits
+a live connection. This module owns the scheduler's signal handlers, which only set the loop's
+flags: the first SIGINT/SIGTERM asks for a graceful stop, the second for an immediate one. Imports
+``config``, ``log``, ``registry``, ``stores``, ``queue``, ``pool`` and ``scheduler.loop``; never the
+server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from .. import config
+from ..errors import ConfigError, RegistryError, StoreUnavailable
+from ..log import SCHEDULER, setup_logging
+from ..pool import WorkerPool
+from ..queue import TaskQueue
+from ..registry import discover
+from ..stores import open_store
+from .loop import Scheduler
+
+logger = logging.getLogger(SCHEDULER)
+
+SETTINGS = ("store", "tasks", "workers", "poll_interval", "lease", "grace", "log_level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The scheduler's command line (every flag also has a PARTY_* variable)."""
+    parser = argparse.ArgumentParser(
+        prog="python scheduler/",
+        description="Run the queue's due tasks in a pool of forked worker processes.",
+    )
+    config.add_arguments(parser, SETTINGS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scheduler until SIGINT/SIGTERM; return the exit code (0 after a graceful stop)."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = config.load(args)
+    except ConfigError as exc:
+        print(f"scheduler: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        registry = discover(settings.tasks)
+    except RegistryError as exc:
+        logger.error("%s", exc)
+        return 2
+    logger.info("handlers: %s", ", ".join(registry.names) or "none")
+
+    pool = WorkerPool(settings.workers, settings.store, registry, lease_seconds=settings.lease)
+    pool.start()
+    try:
+        store = open_store(settings.store)
+    except (ConfigError, StoreUnavailable) as exc:
+        logger.error("%s", exc)
+        pool.kill()
+        return 2
+    queue = TaskQueue(store, registry, lease_seconds=settings.lease)
+    pool.attach_queue(queue)
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    scheduler = Scheduler(
+        queue,
+        pool,
+        poll_interval=settings.poll_interval,
+        grace=settings.grace,
+        wakeup=wake_read,
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Only flags: the loop acts on them (the wake-up fd cuts its sleep short).
+        if scheduler.stop_requested:
+            scheduler.abort_requested = True
+        scheduler.stop_requested = True
+
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    logger.info(
+        "scheduler started: %d workers, store %s, lease %g s, poll %g s, grace %g s",
+        settings.workers, settings.store, settings.lease, settings.poll_interval, settings.grace,
+    )  # fmt: skip
+    try:
+        return scheduler.run()
+    finally:
+        store.close()
