@@ -1,0 +1,312 @@
+"""A blocking HTTP client for Party, in the seeds' call style: ``con(path, params, data, method)``.
+
+``BlockingHTTPClient("/tmp/party.sock")`` talks over a Unix socket, ``BlockingHTTPClient(
+"127.0.0.1:8032")`` or ``("http://host:port")`` over TCP. One connection is kept alive between
+calls and reopened when the server has closed it. Request data is JSON with ``datetime`` values
+sent as ISO 8601; the contract's timestamp fields of returned tasks come back as naive UTC
+``datetime`` objects. A 4xx or 5xx answer raises ``PartyHTTPError`` with the status and the
+server's message. Standard library only: it imports nothing from tornado, pymongo or party, so an
+application can vendor this one file.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator, Mapping
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+__all__ = [
+    "BlockingHTTPClient",
+    "PartyClientError",
+    "PartyConnectionError",
+    "PartyHTTPError",
+    "TIMESTAMP_FIELDS",
+]
+
+DEFAULT_PORT = 8032
+#: Fields of a task on the wire that hold timestamps (decoded into naive UTC datetimes).
+TIMESTAMP_FIELDS = ("timestamp", "created", "last_run_on", "started_on", "completed_on")
+
+
+class PartyClientError(Exception):
+    """Base of the client's errors."""
+
+
+class PartyConnectionError(PartyClientError):
+    """The server could not be reached, or the connection broke mid-request."""
+
+
+class PartyHTTPError(PartyClientError):
+    """The server answered 4xx or 5xx. ``status``, ``message`` (the server's ``error``), ``index``
+    (the offending item of a batch, or None) and ``body`` (the decoded answer)."""
+
+    def __init__(self, status: int, message: str, index: int | None = None, body: Any = None):
+        self.status = status
+        self.message = message
+        self.index = index
+        self.body = body
+        where = f" (item {index})" if index is not None and f"item {index}" not in message else ""
+        super().__init__(f"HTTP {status}: {message}{where}")
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An ``HTTPConnection`` over a Unix domain socket at ``path``."""
+
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} {value!r} cannot be sent as JSON")
+
+
+def _parse_time(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def decode_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Turn the timestamp fields of one wire task into naive UTC datetimes, in place."""
+    for name in TIMESTAMP_FIELDS:
+        if name in task:
+            task[name] = _parse_time(task[name])
+    return task
+
+
+def _decode_times(value: Any) -> Any:
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and "_id" in item:
+                decode_task(item)
+    elif isinstance(value, dict):
+        if "_id" in value:
+            decode_task(value)
+        elif isinstance(value.get("tasks"), list):
+            _decode_times(value["tasks"])
+    return value
+
+
+class BlockingHTTPClient:
+    """A Party client over one kept-alive connection; not thread-safe (one per thread).
+
+    ``address``: a Unix socket path (``/tmp/party.sock``), ``host:port``, ``host`` (port 8032) or
+    ``http://host:port``. ``token`` is sent as ``Authorization: Bearer <token>``. ``timeout``
+    bounds each socket operation in seconds (a force-run waits for the task, so allow for it).
+    """
+
+    def __init__(self, address: str, token: str | None = None, timeout: float | None = 60.0):
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._headers = {"Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:
+        return f"BlockingHTTPClient({self.address!r})"
+
+    def _connect(self) -> http.client.HTTPConnection:
+        address = self.address
+        if address.startswith(("http://", "https://")):
+            parts = urlsplit(address)
+            host, port = parts.hostname or "127.0.0.1", parts.port
+            if address.startswith("https://"):
+                return http.client.HTTPSConnection(host, port, timeout=self.timeout)
+            return http.client.HTTPConnection(host, port or DEFAULT_PORT, timeout=self.timeout)
+        if address.startswith("unix:"):
+            return UnixHTTPConnection(address[len("unix:") :], timeout=self.timeout)
+        if "/" in address or address.endswith(".sock"):
+            return UnixHTTPConnection(address, timeout=self.timeout)
+        host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
+        return http.client.HTTPConnection(
+            host.strip("[]") or "127.0.0.1",
+            int(port) if port else DEFAULT_PORT,
+            timeout=self.timeout,
+        )
+
+    def close(self) -> None:
+        """Close the kept-alive connection (the next call opens a new one)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> BlockingHTTPClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        data: Any = None,
+        method: str = "GET",
+    ) -> Any:
+        """Send one request and return the decoded JSON answer (tasks' timestamps as datetimes).
+
+        ``params`` becomes the query string (None values are left out); ``data`` is sent as the
+        JSON body. Raises ``PartyHTTPError`` on a 4xx/5xx answer and ``PartyConnectionError``
+        when the server cannot be reached.
+        """
+        return _decode_times(self.request(path, params, data, method))
+
+    def request(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        data: Any = None,
+        method: str = "GET",
+    ) -> Any:
+        """As calling the client, but the answer's timestamps stay ISO strings (raw JSON)."""
+        if params:
+            query = urlencode({k: v for k, v in params.items() if v is not None})
+            if query:
+                path = f"{path}?{query}"
+        body = None
+        headers = self._headers
+        if data is not None:
+            body = json.dumps(data, default=_default, separators=(",", ":")).encode()
+            headers = {**headers, "Content-Type": "application/json"}
+        status, raw = self._send(method.upper(), path, body, headers)
+        try:
+            answer = json.loads(raw) if raw else None
+        except ValueError:
+            answer = None
+        if status >= 400:
+            if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+                raise PartyHTTPError(status, answer["error"], answer.get("index"), answer)
+            text = raw.decode("utf-8", "replace").strip()[:200] or http.client.responses.get(
+                status, "error"
+            )
+            raise PartyHTTPError(status, text, None, answer)
+        if answer is None and raw:
+            raise PartyClientError(f"the server answered {status} with a body that is not JSON")
+        return answer
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> tuple[int, bytes]:
+        # One retry on a fresh connection when a kept-alive one turns out to be closed by the
+        # server (idle timeout, restart): the request did not reach it, so it is safe to resend.
+        for attempt in (1, 2):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = self._connect()
+            conn = self._conn
+            try:
+                try:
+                    conn.request(method, path, body=body, headers=headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The server may have answered early (413, 401) and closed while we were
+                    # still sending: its answer can still be read.
+                    if not reused:
+                        return self._read(conn)
+                    raise
+                return self._read(conn)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self.close()
+                if reused and attempt == 1:
+                    continue
+                raise PartyConnectionError(f"connection to {self.address} broke: {exc}") from exc
+            except TimeoutError as exc:
+                self.close()
+                raise PartyConnectionError(
+                    f"no answer from {self.address} within {self.timeout} s ({method} {path})"
+                ) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise PartyConnectionError(
+                    f"cannot reach the Party server at {self.address}: {exc}"
+                ) from exc
+        raise AssertionError("unreachable")
+
+    def _read(self, conn: http.client.HTTPConnection) -> tuple[int, bytes]:
+        response = conn.getresponse()
+        raw = response.read()
+        if response.will_close:
+            self.close()
+        return response.status, raw
+
+    # -- the common calls --------------------------------------------------------------------
+
+    def add(self, party: str, data: Mapping[str, Any] | None = None, timestamp: Any = None) -> dict:
+        """Add one task of handler ``party``; return it as stored."""
+        item: dict[str, Any] = {"party": party}
+        if data is not None:
+            item["data"] = data
+        if timestamp is not None:
+            item["timestamp"] = timestamp
+        return self.add_many([item])[0]
+
+    def add_many(self, tasks: list[Mapping[str, Any]]) -> list[dict]:
+        """Add a batch of ``{"party", "data", "timestamp"}`` items, all or nothing."""
+        return self("/tasks", None, data={"tasks": tasks}, method="POST")
+
+    def get(self, task_id: str) -> dict:
+        """The task with this id."""
+        return self(f"/task/{quote(task_id, safe='')}")
+
+    def run(self, task_id: str) -> dict:
+        """Run the task now in the server's warm worker; return it after the run."""
+        return self(f"/task/{quote(task_id, safe='')}", None, data={}, method="POST")
+
+    def delete(self, task_id: str) -> dict:
+        """Delete the task (idempotent); return it with status ``deleted``."""
+        return self(f"/task/{quote(task_id, safe='')}", None, method="DELETE")
+
+    def list(
+        self,
+        status: str | None = None,
+        party: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> dict:
+        """One page in queue order: ``{"tasks": [...], "next": cursor or None}``."""
+        params = {"status": status, "party": party, "limit": limit, "after": after}
+        return self("/tasks", params)
+
+    def iter_tasks(
+        self, status: str | None = None, party: str | None = None, page: int = 500
+    ) -> Iterator[dict]:
+        """Every matching task in queue order, page after page."""
+        after = None
+        while True:
+            answer = self.list(status=status, party=party, limit=page, after=after)
+            yield from answer["tasks"]
+            after = answer["next"]
+            if after is None:
+                return
+
+    def stats(self) -> dict:
+        """Counts per status and party, due tasks and the oldest one's age in seconds."""
+        return self("/stats")
+
+    def health(self) -> dict:
+        """``{"status": "ok"}`` when the server and its store answer."""
+        return self("/health")

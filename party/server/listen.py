@@ -1,0 +1,252 @@
+"""Run the HTTP server: check the address, fork the force-run pool, bind, serve until a signal.
+
+Owns the listening sockets (TCP, or a Unix socket of mode 0660 whose stale file is replaced but
+whose live server is never displaced), the refusal of a non-loopback address without a token,
+the warm worker pool behind ``POST /task/<id>`` and the clean stop on SIGINT or SIGTERM. One of
+Party's entry points, so it may install signal handlers. Imports tornado, ``config``,
+``registry``, ``stores``, ``queue``, ``pool`` and ``server.app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from .. import log
+from ..config import Settings
+from ..errors import ConfigError
+from ..model import Status, Task
+from ..queue import TaskQueue
+from ..registry import Registry, discover
+from ..stores import open_store
+from .app import make_app
+from .handlers import DRAIN_LIMIT
+
+logger = logging.getLogger(log.SERVER)
+
+#: Warm worker processes the server keeps for force-runs (POST /task/<id>).
+FORCE_RUN_WORKERS = 2
+SOCKET_MODE = 0o660
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse a TCP address reachable from other machines unless a token or --insecure is set."""
+    if settings.socket or settings.token or settings.insecure:
+        return
+    if not is_loopback(settings.host):
+        raise ConfigError(
+            f"refusing to listen on {settings.host}:{settings.port} without a token: anyone who "
+            "can reach that address could add and run tasks. Set PARTY_TOKEN (or --token), listen "
+            "on 127.0.0.1 or a Unix socket (--socket), or pass --insecure if the network is "
+            "trusted"
+        )
+
+
+def socket_is_live(path: str) -> bool:
+    """True when something accepts connections on the Unix socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        return True  # cannot tell (permission, timeout): treat as live, never steal
+    finally:
+        probe.close()
+    return True
+
+
+def check_unix_path(path: str) -> None:
+    """Refuse a path that holds a live server or a file that is not a socket."""
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ConfigError(
+            f"--socket {path} exists and is not a socket; remove it or choose another path"
+        )
+    if socket_is_live(path):
+        raise ConfigError(
+            f"another server is already listening on {path}; stop it first or choose another "
+            "--socket (a socket file is replaced only when nothing answers on it)"
+        )
+
+
+def bind_unix_socket(path: str, mode: int = SOCKET_MODE, backlog: int = 128) -> socket.socket:
+    """Bind a listening Unix socket at ``path`` with file mode ``mode``.
+
+    A stale socket file (nothing answers on it) is replaced; a live one or any other file raises
+    ``ConfigError``. The umask is set before ``bind`` so the file is never wider than ``mode``.
+    """
+    check_unix_path(path)
+    if os.path.lexists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind Unix socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    sock.listen(backlog)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> list[socket.socket]:
+    """Bind listening TCP sockets on ``host:port``; ``ConfigError`` says why it failed."""
+    try:
+        return bind_sockets(port, address=host)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def redact(url: str) -> str:
+    """A store URL safe to log: any password is hidden."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; return the exit status.
+
+    ``companion`` is a child process (the scheduler of ``party up``) that is watched: when it
+    exits the server stops too, and a SIGTERM the server receives is passed on to it.
+    Raises ``ConfigError`` (bad address, live socket) before anything is started.
+    """
+    check_exposure(settings)
+    if settings.socket:
+        check_unix_path(settings.socket)
+    registry = discover(settings.tasks)
+    from ..pool import WorkerPool  # imported here: the pool module is needed only to serve
+
+    # Fork the warm workers first, before any thread, store connection or listening socket exists.
+    pool = WorkerPool(
+        FORCE_RUN_WORKERS, settings.store, registry, lease_seconds=settings.lease, name="force-run"
+    )
+    pool.start()
+    store = None
+    bound: os.stat_result | None = None
+    try:
+        store = open_store(settings.store)
+        queue = TaskQueue(store, registry, lease_seconds=settings.lease)
+        if settings.socket:
+            sockets = [bind_unix_socket(settings.socket)]
+            bound = os.stat(settings.socket)
+            where = f"unix:{settings.socket}"
+        else:
+            sockets = bind_tcp(settings.host, settings.port)
+            port = sockets[0].getsockname()[1]
+            where = f"http://{settings.host}:{port}"
+        logger.info(
+            "listening on %s (store %s, %d handlers: %s)",
+            where,
+            redact(settings.store),
+            len(registry),
+            ", ".join(registry.names),
+        )
+        return asyncio.run(_serve(settings, queue, registry, pool, sockets, companion))
+    finally:
+        pool.stop()
+        if store is not None:
+            store.close()
+        if bound is not None and settings.socket:
+            _remove_own_socket(settings.socket, bound)
+        logger.info("server stopped")
+
+
+async def _serve(
+    settings: Settings,
+    queue: TaskQueue,
+    registry: Registry,
+    pool: Any,
+    sockets: list[socket.socket],
+    companion: subprocess.Popen[Any] | None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(FORCE_RUN_WORKERS, thread_name_prefix="force-run")
+
+    async def runner(task: Task) -> Status | None:
+        return await loop.run_in_executor(executor, pool.run_one, task)
+
+    app = make_app(queue, registry, settings, runner)
+    server = HTTPServer(app, max_body_size=settings.max_body + DRAIN_LIMIT)
+    server.add_sockets(sockets)
+    stopping = asyncio.Event()
+    exit_code = 0
+
+    def on_signal(signum: int) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        if companion is not None and signum == signal.SIGTERM and companion.poll() is None:
+            companion.send_signal(signal.SIGTERM)  # SIGINT reaches it from the terminal already
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    async def watch_companion() -> None:
+        nonlocal exit_code
+        assert companion is not None
+        while not stopping.is_set() and companion.poll() is None:
+            await asyncio.sleep(0.25)
+        if not stopping.is_set():
+            logger.error(
+                "the scheduler exited (status %s): stopping the server", companion.returncode
+            )
+            exit_code = 1
+            stopping.set()
+
+    watcher = asyncio.ensure_future(watch_companion()) if companion is not None else None
+    try:
+        await stopping.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        server.stop()
+        await server.close_all_connections()
+        if watcher is not None:
+            await watcher
+        executor.shutdown(wait=False, cancel_futures=True)
+    return exit_code
+
+
+def _remove_own_socket(path: str, bound: os.stat_result) -> None:
+    """Remove the socket file unless another server has replaced it since."""
+    try:
+        current = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (current.st_dev, current.st_ino) == (bound.st_dev, bound.st_ino):
+        os.unlink(path)

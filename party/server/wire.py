@@ -1,0 +1,251 @@
+"""The wire shape of the HTTP API: request bodies in, tasks and pages out, as JSON.
+
+This module is the only one that knows what a request body or a task looks like on the wire: the
+``{"tasks": [...]}`` envelope of ``POST /tasks`` and its limits, the task's JSON fields, the paging
+cursor of ``GET /tasks`` and the filters it accepts. Everything it rejects is a ``ValidationError``
+naming the item, the field and what is accepted. It imports ``model``, ``errors`` and
+``timestamps``; never tornado, a store or the queue, so it is tested as pure functions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..errors import ValidationError
+from ..model import ALL_STATUSES, Task, is_valid_id
+from ..timestamps import format_timestamp, from_micros, to_micros
+
+#: The fields of one item of ``POST /tasks``.
+ITEM_FIELDS = ("party", "data", "timestamp")
+#: The query parameters of ``GET /tasks``.
+LIST_PARAMS = ("status", "party", "limit", "after")
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+_ITEM_FIELD_SET = frozenset(ITEM_FIELDS)
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a response body (compact UTF-8 JSON)."""
+    return _encode(value).encode()
+
+
+def loads(body: bytes) -> Any:
+    """Decode a request body; ``ValidationError`` says why it is not JSON. Empty means None."""
+    if not body or body.isspace():
+        return None
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ValidationError("the request body is not UTF-8 text; send JSON") from None
+    except ValueError as exc:
+        raise ValidationError(f"the request body is not valid JSON ({exc})") from None
+
+
+def parse_tasks(payload: Any, max_batch: int) -> list[Mapping[str, Any]]:
+    """Check the envelope of ``POST /tasks`` and the shape of each item; return the items.
+
+    Checks here are those of the wire (an object with only ``tasks``, a non-empty list of at most
+    ``max_batch`` objects with only ``party``, ``data`` and ``timestamp``, ``party`` present); the
+    queue checks the values (known handler, data, timestamp) when it adds them.
+    """
+    if not isinstance(payload, dict):
+        got = "an empty body" if payload is None else f"a JSON {_kind(payload)}"
+        raise ValidationError(
+            'expected a JSON object {"tasks": [{"party": ..., "data": {}, "timestamp": ...}]}'
+            f", got {got}",
+            field="tasks",
+        )
+    if "tasks" not in payload:
+        raise ValidationError(
+            'the body has no "tasks" field; send {"tasks": [{"party": "<handler name>"}, ...]}',
+            field="tasks",
+        )
+    if len(payload) > 1:
+        unknown = ", ".join(repr(k) for k in payload if k != "tasks")
+        raise ValidationError(
+            f'unknown field(s) {unknown} beside "tasks"; the body holds only "tasks"',
+            field="tasks",
+        )
+    items = payload["tasks"]
+    if not isinstance(items, list):
+        raise ValidationError(
+            f'"tasks" must be a JSON array of task objects, got a JSON {_kind(items)}',
+            field="tasks",
+        )
+    if not items:
+        raise ValidationError('"tasks" is empty; send at least one task', field="tasks")
+    if len(items) > max_batch:
+        raise ValidationError(
+            f"{len(items)} tasks in one request is over the limit of {max_batch} (--max-batch); "
+            "split the batch into several requests",
+            field="tasks",
+        )
+    for index, item in enumerate(items):
+        if type(item) is not dict:
+            raise ValidationError(
+                f"item {index}: expected a task object "
+                f'{{"party": ..., "data": {{}}, "timestamp": ...}}, got a JSON {_kind(item)}',
+                index=index,
+            )
+        if not item.keys() <= _ITEM_FIELD_SET:
+            unknown = ", ".join(repr(k) for k in item if k not in _ITEM_FIELD_SET)
+            raise ValidationError(
+                f"item {index}: unknown field(s) {unknown}; a task has only "
+                + ", ".join(ITEM_FIELDS),
+                index=index,
+                field=next(k for k in item if k not in _ITEM_FIELD_SET),
+            )
+        if "party" not in item:
+            raise ValidationError(
+                f"item {index}: 'party' is missing; it names the handler to run (a class name)",
+                index=index,
+                field="party",
+            )
+    return items
+
+
+def check_run_body(payload: Any) -> None:
+    """``POST /task/<id>`` takes no parameters: an empty body, ``{}`` or ``null``."""
+    if payload is None or payload == {}:
+        return
+    if isinstance(payload, dict):
+        unknown = ", ".join(repr(k) for k in payload)
+        raise ValidationError(
+            f"unknown field(s) {unknown}: POST /task/<id> takes an empty body or {{}}"
+        )
+    raise ValidationError(
+        f"POST /task/<id> takes an empty body or {{}}, got a JSON {_kind(payload)}"
+    )
+
+
+def check_id(task_id: str) -> str:
+    """Return ``task_id`` if it is 24 lowercase hex characters, else raise ``ValidationError``."""
+    if not is_valid_id(task_id):
+        shown = task_id if len(task_id) <= 40 else task_id[:40] + "..."
+        raise ValidationError(
+            f"malformed task id {shown!r}: expected 24 lowercase hex characters, "
+            "as in the '_id' of a task",
+            field="id",
+        )
+    return task_id
+
+
+def encode_task(task: Task) -> dict[str, Any]:
+    """The JSON object of one task; run details appear once the task has run."""
+    out: dict[str, Any] = {
+        "_id": task.id,
+        "party": task.party,
+        "data": task.data,
+        "timestamp": format_timestamp(task.timestamp),
+        "created": format_timestamp(task.created),
+        "attempts": task.attempts,
+        "status": task.status.value,
+        "is_recurring": task.is_recurring,
+        "last_run_on": format_timestamp(task.last_run_on),
+    }
+    if task.started_on is not None:
+        out["started_on"] = format_timestamp(task.started_on)
+        out["result"] = task.result
+    if task.completed_on is not None:
+        out["completed_on"] = format_timestamp(task.completed_on)
+    if task.last_error is not None:
+        out["last_error"] = task.last_error
+    return out
+
+
+def encode_tasks(tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    """The JSON array of several tasks, in the given order."""
+    return [encode_task(task) for task in tasks]
+
+
+def encode_page(tasks: Sequence[Task], limit: int) -> dict[str, Any]:
+    """A page of ``GET /tasks``: ``{"tasks": [...], "next": cursor or null}``.
+
+    ``next`` is set when the page is full; pass it back as ``after`` for the next page (which may
+    be empty).
+    """
+    cursor = encode_cursor(tasks[-1]) if len(tasks) == limit and tasks else None
+    return {"tasks": encode_tasks(tasks), "next": cursor}
+
+
+def encode_cursor(task: Task) -> str:
+    """An opaque cursor for the position just after ``task`` in queue order."""
+    ts, attempts, created, task_id = task.order_key
+    return f"{to_micros(ts)}.{attempts}.{to_micros(created)}.{task_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int, datetime, str]:
+    """The queue-order key of an ``encode_cursor`` string; ``ValidationError`` when malformed."""
+    parts = cursor.split(".")
+    try:
+        if len(parts) != 4 or not is_valid_id(parts[3]):
+            raise ValueError
+        ts, attempts, created = int(parts[0]), int(parts[1]), int(parts[2])
+        return (from_micros(ts), attempts, from_micros(created), parts[3])
+    except (ValueError, OverflowError):
+        raise ValidationError(
+            f"malformed 'after' cursor {cursor[:80]!r}: pass the 'next' value of the previous page",
+            field="after",
+        ) from None
+
+
+def parse_list_query(args: Mapping[str, Sequence[bytes]]) -> dict[str, Any]:
+    """Turn the query of ``GET /tasks`` into keyword arguments of ``TaskQueue.list``.
+
+    Accepts ``status``, ``party``, ``limit`` (1..1000, default 100) and ``after`` (a cursor);
+    each at most once.
+    """
+    unknown = [name for name in args if name not in LIST_PARAMS]
+    if unknown:
+        raise ValidationError(
+            f"unknown query parameter(s) {', '.join(map(repr, unknown))}; GET /tasks accepts "
+            + ", ".join(LIST_PARAMS),
+            field=unknown[0],
+        )
+    values: dict[str, str] = {}
+    for name, raw in args.items():
+        if len(raw) != 1:
+            raise ValidationError(f"query parameter {name!r} is given {len(raw)} times", field=name)
+        try:
+            values[name] = raw[0].decode()
+        except UnicodeDecodeError:
+            raise ValidationError(f"query parameter {name!r} is not UTF-8", field=name) from None
+    query: dict[str, Any] = {"limit": DEFAULT_PAGE}
+    if "status" in values:
+        if values["status"] not in ALL_STATUSES:
+            raise ValidationError(
+                f"unknown status {values['status']!r}; expected one of {', '.join(ALL_STATUSES)}",
+                field="status",
+            )
+        query["status"] = values["status"]
+    if "party" in values:
+        query["party"] = values["party"]
+    if "limit" in values:
+        text = values["limit"]
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PAGE:
+            raise ValidationError(
+                f"limit must be an integer 1..{MAX_PAGE}, got {text[:40]!r}", field="limit"
+            )
+        query["limit"] = int(text)
+    if "after" in values:
+        query["after"] = decode_cursor(values["after"])
+    return query
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

@@ -1,0 +1,162 @@
+"""Servers for the HTTP tests: a real ``python -m party serve`` process, or the app in a thread.
+
+``ServerProcess`` is the server as users run it (its own interpreter, its warm force-run pool,
+signals). ``ServerThread`` runs ``make_app`` on a Unix socket and a TCP port inside the test
+process (httpx's ``serve_in_thread``), with force-runs executed inline in a thread, for the
+client and command-line tests that need a server but not its processes.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from party.client import BlockingHTTPClient, PartyClientError
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = Path(__file__).resolve().parent / "handlers"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m party serve`` on ``store`` (a path), over ``sock`` (a path) or TCP."""
+
+    def __init__(self, store, *, sock=None, host="127.0.0.1", port=None, args=(), env=None):
+        self.store = Path(store)
+        self.sock = str(sock) if sock else None
+        self.host = host
+        self.port = None if sock else (port or free_port())
+        self.log_path = self.store.parent / f"server-{self.sock and 'unix' or self.port}.log"
+        command = [sys.executable, "-m", "party", "serve", "--store", f"sqlite:///{self.store}",
+                   "--tasks", str(HANDLERS), "--log-level", "INFO", *args]  # fmt: skip
+        command += (
+            ["--socket", self.sock] if self.sock else ["--host", host, "--port", str(self.port)]
+        )
+        self.command = command
+        self.env = {**os.environ, **(env or {})}
+        for name in ("PARTY_TOKEN", "PARTY_SOCKET", "PARTY_HOST", "PARTY_PORT", "PARTY_INSECURE"):
+            if env is None or name not in env:
+                self.env.pop(name, None)
+        self.proc = None
+
+    @property
+    def address(self):
+        return self.sock or f"{self.host}:{self.port}"
+
+    def start(self, wait=True, token=None):
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        if wait:
+            self.wait_ready(token)
+        return self
+
+    def wait_ready(self, token=None, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        with BlockingHTTPClient(self.address, token=token, timeout=2) as con:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+                try:
+                    con("/health")
+                    return
+                except PartyClientError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"server did not answer:\n{self.log()}") from None
+                    time.sleep(0.05)
+
+    def client(self, **kwargs):
+        return BlockingHTTPClient(self.address, **kwargs)
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            self._log.close()
+        return None if self.proc is None else self.proc.returncode
+
+
+class ServerThread:
+    """The Party app served inside this process on ``sock`` and a TCP port, until ``stop``."""
+
+    def __init__(self, store_path, sock, *, token=None, max_body=1 << 20, max_batch=100):
+        from party.config import Settings
+        from party.queue import TaskQueue
+        from party.registry import discover
+        from party.stores.sqlite import SqliteStore
+
+        self.sock = str(sock)
+        self.port = free_port()
+        self.settings = Settings(token=token, max_body=max_body, max_batch=max_batch)
+        self.queue = TaskQueue(SqliteStore(store_path), discover([str(HANDLERS)]))
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def _run(self):
+        asyncio.run(self._serve())
+
+    async def _serve(self):
+        from tornado.httpserver import HTTPServer
+
+        from party.runner import execute
+        from party.server.app import make_app
+        from party.server.listen import bind_tcp, bind_unix_socket
+
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(2)
+
+        async def runner(task):  # stands in for the warm pool: same claim and record rules
+            _, status = await loop.run_in_executor(executor, execute, self.queue, task)
+            return status
+
+        app = make_app(self.queue, self.queue.registry, self.settings, runner)
+        self.server = HTTPServer(app)
+        self.server.add_sockets([bind_unix_socket(self.sock), *bind_tcp("127.0.0.1", self.port)])
+        self.loop = loop
+        self._stop = asyncio.Event()
+        self._started.set()
+        await self._stop.wait()
+        self.server.stop()
+        await self.server.close_all_connections()
+        executor.shutdown()
+
+    def close_connections(self):
+        """Close every open connection from the server side (as an idle timeout would)."""
+        done = threading.Event()
+
+        async def close():
+            await self.server.close_all_connections()
+            done.set()
+
+        self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(close()))
+        done.wait(5)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        self.queue.store.close()
