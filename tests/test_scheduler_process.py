@@ -1,0 +1,253 @@
+"""Real ``python scheduler/`` processes on a temporary SQLite file: order, retries, recurrence,
+timing, crashes, signals and several schedulers sharing one store.
+
+Tasks are added straight through ``TaskQueue`` on the same file; the handlers
+(``tests/handlers/process_handlers.py``) append one JSON line per run to a log file.
+"""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from party.model import Status, Task
+from party.queue import TaskQueue
+from party.stores.sqlite import SqliteStore
+from party.timestamps import system_now
+
+pytestmark = pytest.mark.processes
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = ROOT / "tests" / "handlers" / "process_handlers.py"
+
+
+class Schedulers:
+    """Starts scheduler processes on one store and cleans up whatever is left of them."""
+
+    def __init__(self, tmp_path, registry):
+        self.tmp_path = tmp_path
+        self.db = tmp_path / "party.db"
+        self.url = f"sqlite:///{self.db}"
+        self.log = tmp_path / "runs.log"
+        self.store = SqliteStore(self.db)
+        self.queue = TaskQueue(self.store, registry)
+        self.procs = []
+
+    def start(self, *flags, workers=1, lease=60, grace=10, poll=0.5, level="INFO"):
+        stderr = open(self.tmp_path / f"scheduler-{len(self.procs)}.err", "w")
+        cmd = [
+            sys.executable, str(ROOT / "scheduler"), "--store", self.url, "--tasks", str(HANDLERS),
+            "--workers", str(workers), "--lease", str(lease), "--grace", str(grace),
+            "--poll-interval", str(poll), "--log-level", level, *flags,
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARTY_")}
+        with stderr:
+            proc = subprocess.Popen(cmd, cwd=self.tmp_path, stderr=stderr, env=env)
+        proc.stderr_path = stderr.name
+        self.procs.append(proc)
+        return proc
+
+    def add(self, *items):
+        return self.queue.add(items)
+
+    def runs(self):
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def count(self, status):
+        return self.queue.stats()["statuses"][status.value]
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.store.close()
+
+
+@pytest.fixture
+def sched(tmp_path, registry):
+    s = Schedulers(tmp_path, registry)
+    yield s
+    s.close()
+
+
+def wait_until(predicate, timeout, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def stderr_of(proc):
+    return Path(proc.stderr_path).read_text()
+
+
+def test_one_worker_runs_due_tasks_in_timestamp_attempts_created_order(sched):
+    now = system_now()
+    log = {"log": str(sched.log)}
+    # Inserted in a scrambled order; two share a timestamp but one already failed once.
+    tasks = []
+    for n, (secs, attempts, created) in enumerate(
+        [(-5, 0, 3), (-9, 0, 1), (-5, 1, 1), (-5, 0, 2), (-7, 2, 9), (-1, 0, 0)]
+    ):
+        ts = now + timedelta(seconds=secs)
+        created_at = now - timedelta(minutes=10 - created)
+        tasks.append(
+            Task(
+                id=f"{n:024x}",
+                party="Note",
+                data={"n": n, **log},
+                timestamp=ts,
+                created=created_at,
+                run_at=ts,
+                attempts=attempts,
+            )  # fmt: skip
+        )
+    sched.store.insert_many(tasks)
+    sched.start(workers=1)
+    wait_until(lambda: len(sched.runs()) == len(tasks), 15, "all runs")
+    expected = [t.data["n"] for t in sorted(tasks, key=lambda t: t.order_key)]
+    assert [run["n"] for run in sched.runs()] == expected
+
+
+def test_failing_handler_ends_failed_after_exactly_six_attempts(sched):
+    (task,) = sched.add({"party": "AlwaysFails", "data": {"log": str(sched.log)}})
+    proc = sched.start(workers=2)
+    wait_until(lambda: sched.queue.get(task.id).status == Status.FAILED, 15, "failed")
+    time.sleep(0.3)  # a seventh run, if there were one, would show now
+    assert [run["attempts"] for run in sched.runs()] == [1, 2, 3, 4, 5, 6]
+    stored = sched.queue.get(task.id)
+    assert stored.attempts == 6 and stored.last_error["type"] == "RuntimeError"
+    assert "Traceback" in stderr_of(proc) and "fails on attempt 6" in stderr_of(proc)
+
+
+def test_recurring_task_runs_on_its_cadence_with_last_run_on_set(sched):
+    start = system_now()
+    (task,) = sched.add(
+        {"party": "Ticker", "data": {"minutes": 0.5 / 60, "runs": 3, "log": str(sched.log)}}
+    )
+    sched.start(poll=5)
+    wait_until(lambda: sched.queue.get(task.id).status == Status.COMPLETED, 15, "three runs")
+    runs = sched.runs()
+    assert len(runs) == 3 and {r["id"] for r in runs} == {task.id}
+    stamps = [datetime.fromisoformat(r["timestamp"]) for r in runs]
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)] == [0.5, 0.5]
+    assert runs[0]["last_run_on"] is None
+    for before, after in itertools.pairwise(runs):
+        last = datetime.fromisoformat(after["last_run_on"])
+        assert start <= last <= datetime.fromisoformat(before["at"])
+        assert after["attempts"] == 1
+
+
+def test_deleted_task_never_runs(sched):
+    soon = system_now() + timedelta(seconds=0.5)
+    doomed, marker = sched.add(
+        {"party": "Note", "data": {"n": "doomed", "log": str(sched.log)}, "timestamp": soon},
+        {"party": "Note", "data": {"n": "marker", "log": str(sched.log)}, "timestamp": soon},
+    )
+    sched.queue.delete(doomed.id)
+    sched.start(workers=2)
+    wait_until(lambda: sched.runs(), 10, "the marker run")
+    time.sleep(0.3)
+    assert [run["n"] for run in sched.runs()] == ["marker"]
+    assert sched.queue.get(doomed.id).status == Status.DELETED
+
+
+def test_task_scheduled_two_seconds_ahead_starts_on_time_and_never_early(sched):
+    proc = sched.start(poll=5)
+    wait_until(lambda: "scheduler started" in stderr_of(proc), 10, "start-up")
+    when = system_now() + timedelta(seconds=2)
+    sched.add({"party": "Note", "data": {"log": str(sched.log)}, "timestamp": when})
+    wait_until(lambda: sched.runs(), 10, "the run")
+    started = datetime.fromisoformat(sched.runs()[0]["at"])
+    assert when <= started <= when + timedelta(seconds=0.5)
+
+
+def test_worker_calling_os_exit_is_replaced_and_its_task_retried(sched):
+    (task,) = sched.add({"party": "DiesFirst", "data": {"log": str(sched.log)}})
+    proc = sched.start(workers=2)
+    wait_until(lambda: sched.queue.get(task.id).status == Status.COMPLETED, 15, "the retry")
+    assert [run["attempts"] for run in sched.runs()] == [1, 2]
+    assert sched.queue.get(task.id).result == "survived"
+    assert "exited with code 7; starting a new one" in stderr_of(proc)
+    assert proc.poll() is None
+
+
+def test_run_past_its_timeout_is_killed_and_retried(sched):
+    (task,) = sched.add({"party": "Hangs", "data": {"log": str(sched.log)}})
+    proc = sched.start()
+    wait_until(lambda: sched.queue.get(task.id).status == Status.COMPLETED, 15, "the retry")
+    assert [run["attempts"] for run in sched.runs()] == [1, 2]
+    assert "timed out after 1 s" in stderr_of(proc)
+
+
+def test_sigterm_during_long_tasks_exits_0_within_grace_and_requeues_them(sched):
+    tasks = sched.add(
+        *[{"party": "Sleepy", "data": {"seconds": 60, "log": str(sched.log)}} for _ in range(3)]
+    )
+    proc = sched.start(workers=2, grace=1)
+    wait_until(lambda: len(sched.runs()) == 2, 10, "two running tasks")
+    os.kill(proc.pid, signal.SIGTERM)
+    start = time.monotonic()
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - start < 4
+    stored = [sched.queue.get(t.id) for t in tasks]
+    assert [(t.status, t.attempts, t.lease) for t in stored] == [(Status.QUEUED, 0, None)] * 3
+    assert "handed back" in stderr_of(proc)
+
+
+def test_second_signal_exits_at_once(sched):
+    (task,) = sched.add({"party": "Sleepy", "data": {"seconds": 60, "log": str(sched.log)}})
+    proc = sched.start(grace=60)
+    wait_until(lambda: sched.runs(), 10, "the running task")
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    assert proc.poll() is None  # still waiting out the grace period
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=3) == 1
+    assert sched.queue.get(task.id).status == Status.RUNNING  # its lease will recover it
+
+
+def test_kill_9_mid_drain_then_restart_completes_every_task(sched):
+    tasks = sched.add(
+        *[{"party": "Note", "data": {"n": i, "log": str(sched.log)}} for i in range(1000)]
+    )
+    first = sched.start(workers=2, lease=2, level="WARNING")
+    wait_until(lambda: len(sched.runs()) >= 200, 20, "200 runs")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert sched.count(Status.COMPLETED) < 1000
+    sched.start(workers=2, lease=2, level="WARNING")
+    wait_until(lambda: sched.count(Status.COMPLETED) == 1000, 30, "every task completed")
+    assert {run["id"] for run in sched.runs()} == {t.id for t in tasks}
+
+
+def test_three_schedulers_draining_3000_tasks_run_each_exactly_once(sched):
+    tasks = sched.add(
+        *[{"party": "Note", "data": {"n": i, "log": str(sched.log)}} for i in range(3000)]
+    )
+    procs = [sched.start(workers=1, level="WARNING") for _ in range(3)]
+    wait_until(lambda: sched.count(Status.COMPLETED) == 3000, 60, "every task completed")
+    runs = sched.runs()
+    assert len(runs) == 3000 and {run["id"] for run in runs} == {t.id for t in tasks}
+    assert len({run["pid"] for run in runs}) >= 2  # the schedulers really shared the work
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    assert [proc.wait(timeout=10) for proc in procs] == [0, 0, 0]
+
+
+def test_python_dash_m_party_scheduler_is_the_same_entry_point(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "party.scheduler", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0 and "--poll-interval" in out.stdout and "--grace" in out.stdout
