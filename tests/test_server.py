@@ -490,3 +490,50 @@ def test_client_over_a_killed_server_says_so(tmp_path):
     with pytest.raises(Exception, match="cannot reach|broke"):
         con.health()
     assert isinstance(con, BlockingHTTPClient)
+
+
+def force_run_in_thread(server, task_id):
+    outcome = {}
+
+    def run():
+        with server.client() as con:
+            try:
+                outcome["task"] = con.run(task_id)
+            except PartyHTTPError as exc:
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    with server.client() as con:
+        while con.get(task_id)["status"] != "running":
+            time.sleep(0.01)
+    return thread, outcome
+
+
+def test_sigterm_lets_a_force_run_finish_then_exits(tmp_path):
+    server = ServerProcess(tmp_path / "p.db").start()
+    with server.client() as con:
+        task = con.add("Doze", {"seconds": 1.0})
+    thread, outcome = force_run_in_thread(server, task["_id"])
+    server.proc.send_signal(signal.SIGTERM)
+    thread.join(30)
+    assert outcome["task"]["status"] == "completed"
+    assert server.stop() == 0
+
+
+def test_a_second_signal_interrupts_a_force_run_with_503(tmp_path):
+    server = ServerProcess(tmp_path / "p.db").start()
+    with server.client() as con:
+        task = con.add("Doze", {"seconds": 30})
+    thread, outcome = force_run_in_thread(server, task["_id"])
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    server.proc.send_signal(signal.SIGINT)
+    thread.join(30)
+    assert outcome["error"].status == 503 and "server is stopping" in outcome["error"].message
+    assert server.stop() == 0
+    from party.stores.sqlite import SqliteStore
+
+    with SqliteStore(tmp_path / "p.db") as store:
+        after = store.get(task["_id"])
+    assert (after.status, after.attempts) == ("queued", 0)  # handed back, attempt given back

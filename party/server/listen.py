@@ -19,7 +19,7 @@ import signal
 import socket
 import stat
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -33,7 +33,7 @@ from ..queue import TaskQueue
 from ..registry import Registry, discover
 from ..stores import open_store
 from .app import make_app
-from .handlers import DRAIN_LIMIT
+from .handlers import DRAIN_LIMIT, ApiError
 
 logger = logging.getLogger(log.SERVER)
 
@@ -187,6 +187,73 @@ def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None)
         logger.info("server stopped")
 
 
+class ForceRunner:
+    """Runs claimed tasks in the warm pool, each from a daemon thread, so the event loop never
+    blocks; tracks the runs in flight so a stopping server can let them finish first."""
+
+    def __init__(self, pool: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.pending: set[asyncio.Future[Status | None]] = set()
+
+    async def __call__(self, task: Task) -> Status | None:
+        future: asyncio.Future[Status | None] = self.loop.create_future()
+        self.pending.add(future)
+        # A daemon thread, not an executor: a run cut short at shutdown must not keep the
+        # process alive waiting for a worker that is gone.
+        threading.Thread(
+            target=self._work, args=(task, future), name=f"force-run-{task.id}", daemon=True
+        ).start()
+        try:
+            return await future
+        finally:
+            self.pending.discard(future)
+
+    def _work(self, task: Task, future: asyncio.Future[Status | None]) -> None:
+        try:
+            status = self.pool.run_one(task)
+        except BaseException as exc:  # handed to the request, which reports it
+            self._settle(future, exc=exc)
+        else:
+            self._settle(future, result=status)
+
+    def _settle(
+        self, future: asyncio.Future[Status | None], *, result: Any = None, exc: Any = None
+    ) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # the loop is closed: the server has stopped
+
+    async def drain(self, timeout: float, abort: asyncio.Event) -> None:
+        """Wait up to ``timeout`` seconds for the runs in flight (less if ``abort`` is set)."""
+        deadline = self.loop.time() + timeout
+        if self.pending:
+            logger.info("waiting up to %g s for %d force-run(s)", timeout, len(self.pending))
+        while self.pending and self.loop.time() < deadline and not abort.is_set():
+            await asyncio.sleep(0.05)
+
+    def interrupt(self) -> None:
+        """Answer the runs still in flight with 503: the pool is about to be stopped."""
+        for future in list(self.pending):
+            if not future.done():
+                future.set_exception(
+                    ApiError(
+                        503,
+                        "the server is stopping and interrupted this run; the task is handed "
+                        "back to the queue (or recovered when its lease expires)",
+                    )
+                )
+
+
 async def _serve(
     settings: Settings,
     queue: TaskQueue,
@@ -196,18 +263,19 @@ async def _serve(
     companion: subprocess.Popen[Any] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(FORCE_RUN_WORKERS, thread_name_prefix="force-run")
-
-    async def runner(task: Task) -> Status | None:
-        return await loop.run_in_executor(executor, pool.run_one, task)
-
+    runner = ForceRunner(pool, loop)
     app = make_app(queue, registry, settings, runner)
     server = HTTPServer(app, max_body_size=settings.max_body + DRAIN_LIMIT)
     server.add_sockets(sockets)
     stopping = asyncio.Event()
+    abort = asyncio.Event()
     exit_code = 0
 
     def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            logger.info("received %s again: stopping now", signal.Signals(signum).name)
+            abort.set()
+            return
         logger.info("received %s: stopping", signal.Signals(signum).name)
         if companion is not None and signum == signal.SIGTERM and companion.poll() is None:
             companion.send_signal(signal.SIGTERM)  # SIGINT reaches it from the terminal already
@@ -231,6 +299,10 @@ async def _serve(
     watcher = asyncio.ensure_future(watch_companion()) if companion is not None else None
     try:
         await stopping.wait()
+        server.stop()  # no new connections; force-runs in flight may finish within the grace
+        await runner.drain(settings.grace, abort)
+        runner.interrupt()
+        await asyncio.sleep(0.05)  # let interrupted requests write their answer
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -238,7 +310,6 @@ async def _serve(
         await server.close_all_connections()
         if watcher is not None:
             await watcher
-        executor.shutdown(wait=False, cancel_futures=True)
     return exit_code
 
 
