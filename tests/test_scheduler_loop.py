@@ -138,6 +138,19 @@ def test_prefetch_grows_only_under_a_backlog_and_stays_bounded(env):
     assert queue.stats()["statuses"]["completed"] >= 190
 
 
+def test_long_tasks_get_no_prefetch(env):
+    queue, clock, make_scheduler = env
+    queue.add([{"party": "Sleepy", "data": {"seconds": 0.1}} for _ in range(6)])
+    scheduler = make_scheduler(workers=1, max_depth=16)
+    finished = []
+    while len(finished) < 6:
+        scheduler.pool.wait(0.05)
+        tick = scheduler.tick()
+        if finished:
+            assert len(scheduler.pool.running()) <= 1
+        finished.extend(tick.finished)
+
+
 def test_leases_of_running_tasks_are_renewed_before_they_expire(env, tmp_path):
     queue, clock, make_scheduler = env
     log = tmp_path / "log"

@@ -29,7 +29,10 @@ from ..timestamps import system_now
 logger = logging.getLogger(__name__)
 
 #: Most tasks a worker holds at once under a backlog (the one running plus the prefetch).
-MAX_DEPTH = 16
+MAX_DEPTH = 128
+#: Seconds of expected work a worker may hold ahead: long tasks get no prefetch at all, no-op
+#: tasks get batches large enough to share one store transaction between many of them.
+PREFETCH_SECONDS = 0.05
 #: Expired leases recovered per store query.
 RECOVER_BATCH = 100
 #: Longest backoff between attempts to reach a store that stopped answering (seconds).
@@ -52,8 +55,9 @@ class Scheduler:
 
     ``clock`` gives naive UTC now (tests step it); ``wakeup`` is a descriptor that becomes
     readable to cut a sleep short (main's signal wake-up pipe); ``max_depth`` bounds what one worker
-    holds at once. Set ``stop_requested`` (graceful) or ``abort_requested`` (immediate) to end
-    ``run``: they are plain flags so that signal handlers may set them.
+    holds at once, which also stays within about ``PREFETCH_SECONDS`` of the mean run time. Set
+    ``stop_requested`` (graceful) or ``abort_requested`` (immediate) to end ``run``: they are
+    plain flags so that signal handlers may set them.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class Scheduler:
         self.renew_every = timedelta(seconds=lease / 3)
         self.recover_every = timedelta(seconds=min(max(lease / 2, 0.5), 30.0))
         self._depth = 1
+        self._mean_duration = 0.0
         self._next_renew: datetime | None = None
         self._next_recover: datetime | None = None
         self._listener = None
@@ -94,6 +99,10 @@ class Scheduler:
         """
         now = now or self.clock()
         tick = Tick(finished=self.pool.poll())
+        for done in tick.finished:
+            if not done.released:
+                mean = self._mean_duration or done.duration
+                self._mean_duration = mean + 0.1 * (done.duration - mean)
         if self._next_renew is None or now >= self._next_renew:
             self._renew(now, tick)
             self._next_renew = now + self.renew_every
@@ -105,17 +114,30 @@ class Scheduler:
                     break
             self._next_recover = now + self.recover_every
         if claim and not self.stop_requested and not self.abort_requested:
+            self._depth = min(self._depth, self._depth_for_budget())
             room = self.pool.capacity(self._depth)
             if room:
                 tick.claimed = self.queue.claim(room, now=now)
                 if tick.claimed:
                     self.pool.submit(tick.claimed, self._depth)
-                # Prefetch deeper only while the queue has more due tasks than the workers take.
-                if len(tick.claimed) == room:
-                    self._depth = min(self._depth * 2, self.max_depth)
-                elif len(tick.claimed) < room // 2:
-                    self._depth = max(1, self._depth // 2)
+                self._adapt_depth(len(tick.claimed), room)
         return tick
+
+    def _adapt_depth(self, claimed: int, room: int) -> None:
+        """Prefetch deeper only while the queue has more due tasks than the workers take, and
+        never more than about PREFETCH_SECONDS of work per worker."""
+        if claimed == room:
+            depth = self._depth * 2
+        elif claimed < room // 2:
+            depth = self._depth // 2
+        else:
+            return
+        self._depth = max(1, min(depth, self._depth_for_budget()))
+
+    def _depth_for_budget(self) -> int:
+        if self._mean_duration <= 0:
+            return self.max_depth
+        return max(1, min(self.max_depth, int(PREFETCH_SECONDS / self._mean_duration)))
 
     def _renew(self, now: datetime, tick: Tick) -> None:
         running = self.pool.running()
