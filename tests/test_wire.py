@@ -165,3 +165,10 @@ def test_list_query_defaults_and_values():
 def test_list_query_refuses_bad_filters(args, words):
     with pytest.raises(ValidationError, match=words):
         wire.parse_list_query(args)
+
+
+def test_a_batch_encodes_like_single_tasks():
+    done = make_task(status=Status.COMPLETED, started_on=datetime(2030, 1, 1), result=1,
+                     completed_on=datetime(2030, 1, 1, 0, 0, 1))  # fmt: skip
+    tasks = [make_task(id=f"{i:024x}", data={"i": i}) for i in range(10)] + [done]
+    assert wire.encode_tasks(tasks) == [wire.encode_task(t) for t in tasks]
