@@ -221,7 +221,23 @@ class WorkerPool:
         with self._lock:
             return self._collect()
 
+    def _route(self, finished: list[Finished]) -> list[Finished]:
+        """With the lock held: hand the results ``run_one`` callers wait for to them, and return
+        the rest, so that ``poll`` and ``stop`` never swallow a blocking caller's answer."""
+        if not self._waiting:
+            return finished
+        mine = [f for f in finished if f.seq in self._waiting]
+        if not mine:
+            return finished
+        for item in mine:
+            self._results[item.seq] = item
+        self._cond.notify_all()
+        return [f for f in finished if f.seq not in self._waiting]
+
     def _collect(self) -> list[Finished]:
+        return self._route(self._collect_all())
+
+    def _collect_all(self) -> list[Finished]:
         finished: list[Finished] = []
         for child in list(self._children):
             if child is None:
@@ -373,6 +389,8 @@ class WorkerPool:
         """
         with self._cond:
             while True:
+                if self._stopping:
+                    raise RuntimeError(f"the {self.name} pool is stopping")
                 child = next((c for c in self._children if c is not None and not c.inflight), None)
                 if child is not None:
                     break
@@ -400,9 +418,7 @@ class WorkerPool:
         finally:
             self._cond.acquire()
             self._polling = False
-        for item in self._collect():
-            if item.seq in self._waiting:
-                self._results[item.seq] = item
+        self._collect()  # routes what this caller and the others wait for
         self._cond.notify_all()
 
     # -- stopping ------------------------------------------------------------------------------
@@ -438,7 +454,7 @@ class WorkerPool:
                     self._reap(child, block=True)
                 self._children[child.index] = None
                 if child.inflight:
-                    finished.extend(self._hand_back(dict(child.inflight)))
+                    finished.extend(self._route(self._hand_back(dict(child.inflight))))
         logger.info("%s pool stopped", self.name)
         return finished
 

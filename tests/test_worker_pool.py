@@ -162,6 +162,23 @@ def test_run_one_returns_the_failure_of_a_dead_worker(db, make_pool):
     assert queue.get(task.id).last_error["type"] == "WorkerDied"
 
 
+def test_run_one_waiting_when_the_pool_stops_gets_the_hand_back(db, make_pool, tmp_path):
+    _, queue = db
+    log = tmp_path / "log"
+    (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 30, "log": str(log)}}])
+    pool = make_pool(1)
+    answer = []
+    caller = threading.Thread(target=lambda: answer.append(pool.run_one(queue.claim_now(task.id))))
+    caller.start()
+    wait_for(lambda: lines(log))
+    pool.stop(grace=0.1)
+    caller.join(5)
+    assert not caller.is_alive() and answer == [Status.QUEUED]
+    assert queue.get(task.id).attempts == 0
+    with pytest.raises(RuntimeError, match="stopping"):
+        pool.run_one(task)
+
+
 def test_stop_hands_back_running_tasks_without_spending_an_attempt(db, make_pool, tmp_path):
     _, queue = db
     log = tmp_path / "log"
