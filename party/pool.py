@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 REAP_INTERVAL = 1.0
 
 
+class PoolStopped(RuntimeError):
+    """``run_one`` was called on a pool that is stopping."""
+
+
 @dataclass
 class Finished:
     """What became of a task handed to the pool.
@@ -390,7 +394,7 @@ class WorkerPool:
         with self._cond:
             while True:
                 if self._stopping:
-                    raise RuntimeError(f"the {self.name} pool is stopping")
+                    raise PoolStopped(f"the {self.name} pool is stopping")
                 child = next((c for c in self._children if c is not None and not c.inflight), None)
                 if child is not None:
                     break

@@ -29,6 +29,7 @@ from .. import log
 from ..config import Settings
 from ..errors import ConfigError
 from ..model import Status, Task
+from ..pool import PoolStopped
 from ..queue import TaskQueue
 from ..registry import Registry, discover
 from ..stores import open_store
@@ -212,6 +213,8 @@ class ForceRunner:
     def _work(self, task: Task, future: asyncio.Future[Status | None]) -> None:
         try:
             status = self.pool.run_one(task)
+        except PoolStopped:
+            self._settle(future, exc=ApiError(503, "the server is stopping; try again later"))
         except BaseException as exc:  # handed to the request, which reports it
             self._settle(future, exc=exc)
         else:

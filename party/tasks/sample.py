@@ -11,7 +11,7 @@ class SampleTask(TaskBase):
     def run(self):
         print(self.data.get("arg1"))
         print(
-            "Attempting run %s of Task: %s which was scheduled on %s."
+            "Attempting run %s of Task: %s which was scheduled on %s."  # noqa: UP031 (the seeds')
             % (self.attempts, self._id, self.timestamp)
         )
 
