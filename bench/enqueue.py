@@ -102,7 +102,11 @@ def run(quick: bool, runs: int) -> dict[str, Any]:
             with harness.workdir() as tmp:
                 store = harness.store_url(Path(tmp) / "party.db")
                 server = harness.start_server(tmp, store, unix=transport == "unix")
-                bare = harness.start_bare(tmp, unix=transport == "unix")
+                try:
+                    bare = harness.start_bare(tmp, unix=transport == "unix")
+                except BaseException:
+                    server.stop()
+                    raise
                 try:
                     for workload, transports, full, small in WORKLOADS:
                         if transport not in transports:
