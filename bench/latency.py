@@ -201,7 +201,7 @@ def run(quick: bool, runs: int) -> dict[str, Any]:
     figures.append(
         harness.figure(
             SECTION,
-            "idle CPU, server + scheduler + 2 workers",
+            "idle CPU, server + scheduler trees",
             [w["percent"] for w in idle],
             "% core",
             target=IDLE_TARGET,
