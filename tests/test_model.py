@@ -1,0 +1,34 @@
+import pickle
+from datetime import datetime
+
+from party.model import Status, Task, canonical_json, is_valid_id, new_id, singleton_key
+
+
+def test_task_survives_a_pickle_round_trip_with_every_field_set():
+    at = datetime(2030, 1, 2, 3, 4, 5, 678901)
+    task = Task(new_id(), "Noop", {"a": [1, {"b": None}]}, at, at, at, 3, Status.RUNNING, True,
+                at, at, at, {"r": 1.5}, {"type": "E"}, "tok", at, "Noop:abc")  # fmt: skip
+    copy = pickle.loads(pickle.dumps(task))
+    assert copy == task and copy.status is Status.RUNNING
+
+
+def test_task_with_unset_times_survives_a_pickle_round_trip():
+    at = datetime(2030, 1, 1)
+    task = Task(new_id(), "Noop", {}, at, at, at)
+    assert pickle.loads(pickle.dumps(task)) == task
+
+
+def test_singleton_key_ignores_key_order_but_not_values():
+    assert canonical_json({"b": 1, "a": [2, 1]}) == '{"a":[2,1],"b":1}'
+    assert singleton_key("P", {"a": 1, "b": 2}) == singleton_key("P", {"b": 2, "a": 1})
+    assert singleton_key("P", {"a": 1}) != singleton_key("P", {"a": 2})
+    assert singleton_key("P", {"a": 1}) != singleton_key("Q", {"a": 1})
+
+
+def test_ids_are_24_lowercase_hex():
+    assert is_valid_id(new_id())
+    assert (
+        not is_valid_id("6B05323E6E0945D502B5A7F6")
+        and not is_valid_id("abc")
+        and not is_valid_id(5)
+    )
