@@ -20,6 +20,14 @@ def test_due_task_claim_is_served_by_the_order_index_without_a_sort(sqlite_path)
     assert "TEMP B-TREE" not in plan  # no sort step: the index gives queue order
 
 
+def test_next_run_at_reads_one_entry_of_the_run_at_index(sqlite_path):
+    from party.stores.sqlite import NEXT_RUN_AT
+
+    store = SqliteStore(sqlite_path)
+    plan = " ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + NEXT_RUN_AT))
+    assert "USING INDEX tasks_run_at" in plan and "TEMP B-TREE" not in plan
+
+
 def test_open_store_picks_sqlite_for_relative_and_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rel = open_store("sqlite:///rel.db")
