@@ -35,6 +35,8 @@ MAX_DEPTH = 128
 PREFETCH_SECONDS = 0.05
 #: Expired leases recovered per store query.
 RECOVER_BATCH = 100
+#: The last part of a sleep taken with a precise timer instead of poll()'s whole milliseconds.
+TIMER_SLACK = 0.002
 #: Longest backoff between attempts to reach a store that stopped answering (seconds).
 MAX_BACKOFF = 5.0
 
@@ -213,7 +215,16 @@ class Scheduler:
             extra.append(self.wakeup)
         if self._listener is not None:
             extra.append(self._listener.fileno())
-        if self.pool.wait(timeout, extra):
+        deadline = time.monotonic() + timeout
+        # poll() counts whole milliseconds, rounded up: waking for a task due at a precise time
+        # would be up to 1 ms late. The last stretch is slept with time.sleep (nanoseconds).
+        ready = self.pool.wait(timeout - TIMER_SLACK, extra) if timeout > TIMER_SLACK else False
+        if not ready:
+            remaining = deadline - time.monotonic()
+            if 0 < remaining <= TIMER_SLACK:
+                time.sleep(remaining)
+            ready = self.pool.wait(0, extra)
+        if ready:
             if self._listener is not None:
                 self._listener.drain()
             if self.wakeup is not None:
