@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 
@@ -182,25 +182,32 @@ class WorkerPool:
         with self._lock:
             return [t for c in self._children if c is not None for t in c.inflight.values()]
 
-    def submit(self, tasks: Sequence[Task], depth: int = 1) -> None:
+    def submit(self, tasks: Sequence[Task], depth: int = 1, *, now: datetime | None = None) -> None:
         """Hand claimed tasks to the workers, least loaded first, at most ``depth`` per worker;
-        one pipe message per worker. Raises ValueError beyond ``capacity(depth)``."""
+        one pipe message per worker. Raises ValueError beyond ``capacity(depth)``. Given the
+        caller's ``now``, a task claimed ahead of its time is held by its worker until then."""
         with self._lock:
             if len(tasks) > self.capacity(depth):
                 raise ValueError(f"{len(tasks)} tasks exceed the pool's room ({depth} per worker)")
-            batches: dict[int, list[tuple[int, Task]]] = {}
+            batches: dict[int, list[tuple[int, Task, float | None]]] = {}
             children = [c for c in self._children if c is not None]
             load = {c.index: len(c.inflight) for c in children}
+            wall = time.time()
             for task in tasks:
                 child = min(children, key=lambda c: load[c.index])
                 load[child.index] += 1
                 self._seq += 1
-                batches.setdefault(child.index, []).append((self._seq, task))
+                not_before = None
+                if now is not None:
+                    # Relative to the caller's clock (tests step one), then on the wall clock.
+                    early = (max(task.timestamp, task.run_at) - now).total_seconds()
+                    not_before = wall + early if early > 0 else None
+                batches.setdefault(child.index, []).append((self._seq, task, not_before))
             for index, batch in batches.items():
                 self._send(self._children[index], batch)  # type: ignore[arg-type]
 
-    def _send(self, child: _Child, batch: list[tuple[int, Task]]) -> None:
-        for seq, task in batch:
+    def _send(self, child: _Child, batch: list[tuple[int, Task, float | None]]) -> None:
+        for seq, task, _ in batch:
             child.inflight[seq] = task
         try:
             child.conn.send(batch)
@@ -402,7 +409,7 @@ class WorkerPool:
             self._seq += 1
             seq = self._seq
             self._waiting.add(seq)
-            self._send(child, [(seq, task)])
+            self._send(child, [(seq, task, None)])  # a force-run starts now, due or not
             try:
                 while seq not in self._results:
                     self._wait_turn()

@@ -173,10 +173,16 @@ class TaskQueue:
 
     # -- claiming and recording --------------------------------------------------------------
 
-    def claim(self, limit: int, *, now: datetime | None = None) -> list[Task]:
-        """Lease up to ``limit`` due tasks in queue order; each costs one attempt."""
+    def claim(self, limit: int, *, now: datetime | None = None, ahead: float = 0.0) -> list[Task]:
+        """Lease up to ``limit`` due tasks in queue order; each costs one attempt.
+
+        ``ahead`` (seconds) also takes tasks that become due that soon: the caller must then not
+        start one before its time (the scheduler's workers wait for it), which lets a task
+        scheduled ahead start on the dot instead of one claim-and-dispatch after it.
+        """
         now = now or self.clock()
-        return self.store.claim(limit, now, now + self.lease, _token())
+        due_by = now + timedelta(seconds=ahead) if ahead else now
+        return self.store.claim(limit, due_by, now + self.lease, _token())
 
     def claim_now(self, task_id: str) -> Task:
         """Lease one task for an immediate run, due or not (the force-run of ``POST /task/<id>``).

@@ -2,9 +2,11 @@
 
 A worker opens its own store (a connection inherited across ``fork`` is never safe to use), ignores
 SIGINT and SIGTERM (the scheduler decides when it stops), and runs what arrives on its pipe: a list
-of ``(seq, Task)`` pairs, run in order through ``runner.run_task``. Outcomes are recorded by the
-worker itself through its own ``TaskQueue``, fenced by each run's lease, in batches (one store
-transaction for several runs), and then reported to the parent as small ``Report`` tuples. Before
+of ``(seq, Task, not_before)`` items, run in order through ``runner.run_task``, none before its
+``not_before`` (epoch seconds, set for a task claimed a few milliseconds ahead of its time).
+Outcomes are recorded by the worker itself through its own ``TaskQueue``, fenced by each run's
+lease, in batches (one store transaction for several runs), and then reported to the parent as
+small ``Report`` tuples. Before
 each run the worker writes the run's sequence number and start time into memory it shares with the
 parent, so the parent can enforce timeouts and knows which task a dead worker was running without a
 message per task. Imports ``runner``, ``queue``, ``stores``, ``registry``, ``model``, ``errors`` and
@@ -92,7 +94,7 @@ class Worker:
         self.parent = os.getppid()
         self.lease_seconds = lease_seconds
         self.queue = TaskQueue(open_store(store_url), registry, lease_seconds=lease_seconds)
-        self.pending: deque[tuple[int, Task]] = deque()
+        self.pending: deque[tuple[int, Task, float | None]] = deque()
         self.done: list[tuple[int, Outcome, float]] = []
         self.first_done = 0.0
 
@@ -110,7 +112,12 @@ class Worker:
             if read_slot(self.slot)[2]:
                 self.hand_back()
                 continue
-            seq, task = self.pending.popleft()
+            seq, task, not_before = self.pending.popleft()
+            if not_before is not None:
+                # Claimed a few ms ahead of its time (see Scheduler): start it on the dot.
+                delay = not_before - time.time()
+                if delay > 0:
+                    time.sleep(delay)
             self._run(seq, task)
             if not self.pending or time.monotonic() - self.first_done > FLUSH_AFTER:
                 self.flush()
@@ -178,14 +185,14 @@ class Worker:
         if not pending:
             return
         try:
-            released = self.queue.release([task for _, task in pending])
+            released = self.queue.release([task for _, task, _ in pending])
         except Exception as exc:  # the parent releases whatever is not reported
             logger.warning("%s: cannot hand back %d tasks: %s", self.name, len(pending), exc)
             return
         self._send(
             [
                 Report(seq, RELEASED if ok else None, 0.0, None)
-                for (seq, _), ok in zip(pending, released, strict=True)
+                for (seq, _, _), ok in zip(pending, released, strict=True)
             ]
         )
 

@@ -11,7 +11,9 @@ from party.model import Status, Task
 from party.pool import WorkerPool
 from party.queue import TaskQueue
 from party.scheduler import Scheduler
+from party.scheduler.loop import CLAIM_AHEAD
 from party.stores.sqlite import SqliteStore
+from party.timestamps import system_now
 
 LEASE = 30
 
@@ -104,15 +106,22 @@ def test_tick_claims_one_task_per_free_worker_in_queue_order(env):
     assert claimed == [early.id, late.id]
 
 
-def test_task_is_not_claimed_before_its_timestamp(env):
+def test_task_is_claimed_at_most_claim_ahead_early_and_held_until_its_time(env, tmp_path):
     queue, clock, make_scheduler = env
-    (task,) = queue.add([{"party": "Note", "timestamp": clock.now + timedelta(seconds=2)}])
+    log = tmp_path / "log"
+    due = clock.now + timedelta(seconds=2)
+    (task,) = queue.add([{"party": "Note", "timestamp": due, "data": {"log": str(log)}}])
     scheduler = make_scheduler()
     assert scheduler.tick().claimed == []
-    clock.advance(1.999)
+    clock.advance(2 - CLAIM_AHEAD - 0.001)
     assert scheduler.tick().claimed == []
     clock.advance(0.001)
+    handed_at = system_now()
     assert [t.id for t in scheduler.tick().claimed] == [task.id]
+    wait_for_lines(log, 1)
+    (line,) = lines(log)
+    # The worker holds it for the CLAIM_AHEAD still to go on the scheduler's clock.
+    assert datetime.fromisoformat(line["at"]) >= handed_at + timedelta(seconds=CLAIM_AHEAD)
 
 
 def test_sleep_ends_when_the_next_task_is_due(env):

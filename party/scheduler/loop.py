@@ -35,6 +35,11 @@ MAX_DEPTH = 128
 PREFETCH_SECONDS = 0.05
 #: Expired leases recovered per store query.
 RECOVER_BATCH = 100
+#: Tasks due this soon are claimed now and held by their worker until their time, so that the
+#: claim and the hand-off to a worker happen before the due time instead of after it.
+CLAIM_AHEAD = 0.004
+#: How long before a task's time an idle scheduler wakes to claim it (within CLAIM_AHEAD).
+WAKE_AHEAD = 0.003
 #: The last part of a sleep taken with a precise timer instead of poll()'s whole milliseconds.
 TIMER_SLACK = 0.002
 #: Longest backoff between attempts to reach a store that stopped answering (seconds).
@@ -119,9 +124,9 @@ class Scheduler:
             self._depth = min(self._depth, self._depth_for_budget())
             room = self.pool.capacity(self._depth)
             if room:
-                tick.claimed = self.queue.claim(room, now=now)
+                tick.claimed = self.queue.claim(room, now=now, ahead=CLAIM_AHEAD)
                 if tick.claimed:
-                    self.pool.submit(tick.claimed, self._depth)
+                    self.pool.submit(tick.claimed, self._depth, now=self.clock())
                 self._adapt_depth(len(tick.claimed), room)
         return tick
 
@@ -205,7 +210,7 @@ class Scheduler:
         if self.pool.capacity(self._depth):
             next_run = self.queue.next_run_at()
             if next_run is not None:
-                wake = min(wake, next_run)
+                wake = min(wake, next_run - timedelta(seconds=WAKE_AHEAD))
         # Never spin: a due task another scheduler raced us to would otherwise loop hot.
         return max((wake - now).total_seconds(), 0.001)
 
