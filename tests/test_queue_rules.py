@@ -342,6 +342,8 @@ def test_failed_force_run_of_future_task_keeps_its_timestamp(queue, clock):
         ({"party": "Noop", "data": [1]}, "data", "must be a JSON object"),
         ({"party": "Noop", "data": {"$set": 1}}, "data", "'$set' is not accepted"),
         ({"party": "Noop", "data": {"a": [{"$x": 1}]}}, "data", "'$x' is not accepted"),
+        ({"party": "Noop", "data": {"a": [{1: "x"}]}}, "data", "key 1 is not accepted"),
+        ({"party": "Noop", "data": {"a": (1, {2})}}, "data", "only JSON values"),
         ({"party": "Noop", "data": {"a": float("nan")}}, "data", "only JSON values"),
         ({"party": "Noop", "timestamp": "yesterday"}, "timestamp", "not an ISO 8601"),
         ({"party": "Noop", "timestamp": True}, "timestamp", "expected an ISO 8601"),
@@ -353,6 +355,22 @@ def test_batch_with_one_bad_item_inserts_nothing(queue, bad, field, message):
     assert info.value.index == 2 and info.value.field == field
     assert message in str(info.value)
     assert queue.list() == []
+
+
+def test_first_bad_item_is_named_whatever_is_wrong_with_later_ones(queue):
+    batch = [{"party": "Noop"}, {"party": "Nope"}, {"party": "Noop", "data": {"$set": 1}}]
+    with pytest.raises(ValidationError) as info:
+        queue.add(batch)
+    assert info.value.index == 1 and info.value.field == "party"
+    with pytest.raises(ValidationError) as info:
+        queue.add([NewTask("Noop", {"a": 1}), NewTask("Noop", {2: "b"})])
+    assert info.value.index == 1 and info.value.field == "data"
+
+
+def test_data_strings_that_only_look_like_operators_are_accepted(queue):
+    data = {"query": "$set", "quoted": 'a"$b', "nested": [{"k": "$x"}]}
+    (task,) = queue.add([{"party": "Noop", "data": data}])
+    assert queue.get(task.id).data == data
 
 
 def test_timestamps_in_every_accepted_form(queue):

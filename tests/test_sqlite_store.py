@@ -3,6 +3,8 @@
 import sqlite3
 from datetime import datetime
 
+import pytest
+
 from party.stores import describe_store_url, open_store
 from party.stores.sqlite import SqliteStore
 
@@ -26,6 +28,34 @@ def test_next_run_at_reads_one_entry_of_the_run_at_index(sqlite_path):
     store = SqliteStore(sqlite_path)
     plan = " ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + NEXT_RUN_AT))
     assert "USING INDEX tasks_run_at" in plan and "TEMP B-TREE" not in plan
+
+
+def test_singleton_index_holds_only_live_keys_and_serves_the_clash_lookup(sqlite_path):
+    store = SqliteStore(sqlite_path)
+    (sql,) = store._db.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'tasks_live_singleton'"
+    ).fetchone()
+    assert "WHERE singleton IS NOT NULL" in sql
+    plan = store._db.execute("EXPLAIN QUERY PLAN SELECT 1 FROM tasks WHERE singleton = ?", ("k",))
+    assert "INDEX tasks_live_singleton" in " ".join(row[-1] for row in plan)
+
+
+def test_store_made_with_the_full_singleton_index_is_migrated_on_open(sqlite_path, registry):
+    from party.errors import Conflict
+    from party.queue import TaskQueue
+
+    SqliteStore(sqlite_path).close()
+    db = sqlite3.connect(sqlite_path)
+    db.execute("DROP INDEX tasks_live_singleton")
+    db.execute("CREATE UNIQUE INDEX tasks_singleton ON tasks (singleton)")
+    db.commit()
+    db.close()
+    queue = TaskQueue(SqliteStore(sqlite_path), registry)
+    names = {row[0] for row in queue.store._db.execute("SELECT name FROM sqlite_master")}
+    assert "tasks_live_singleton" in names and "tasks_singleton" not in names
+    queue.add([{"party": "Every5", "data": {"a": 1}}])
+    with pytest.raises(Conflict):
+        queue.add([{"party": "Every5", "data": {"a": 1}}])
 
 
 def test_open_store_picks_sqlite_for_relative_and_absolute_paths(tmp_path, monkeypatch):

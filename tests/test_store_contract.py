@@ -23,6 +23,17 @@ def test_insert_many_returns_tasks_as_stored_in_order(store):
     assert store.get(new_id()) is None
 
 
+def test_insert_many_keeps_every_field_of_new_and_of_run_tasks_in_one_batch(store):
+    at = T0 + timedelta(seconds=1)
+    run = make(data={"a": [1, {"b": None}]}, attempts=2, status=Status.RUNNING,
+               is_recurring=True, last_run_on=at, started_on=at, completed_on=at,
+               result={"r": 1.5}, last_error={"type": "E"}, lease="tok", lease_expires=at,
+               singleton="k")  # fmt: skip
+    batch = [make(data={"i": 1}), run, make(is_recurring=True), make(run_at=at), make()]
+    store.insert_many(batch)
+    assert [store.get(t.id) for t in batch] == batch
+
+
 def test_insert_many_with_singleton_clash_inserts_nothing(store):
     store.insert_many([make(singleton="k1")])
     batch = [make(), make(singleton="k2"), make(singleton="k1"), make()]
