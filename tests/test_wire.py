@@ -172,3 +172,19 @@ def test_a_batch_encodes_like_single_tasks():
                      completed_on=datetime(2030, 1, 1, 0, 0, 1))  # fmt: skip
     tasks = [make_task(id=f"{i:024x}", data={"i": i}) for i in range(10)] + [done]
     assert wire.encode_tasks(tasks) == [wire.encode_task(t) for t in tasks]
+
+
+@pytest.mark.parametrize("size", [3, 12])
+def test_dumps_tasks_writes_the_bytes_of_the_encoded_tasks(size):
+    later = datetime(2030, 1, 2)
+    done = make_task(status=Status.COMPLETED, started_on=later, completed_on=later, result=[1.5])
+    failed = make_task(status=Status.FAILED, last_error={"type": "E", "message": "ü"})
+    varied = [
+        make_task(id=f"{i:024x}", data={"i": i, "s": 'é"\\\n', "n": [None, True, {}]})
+        for i in range(size)
+    ]
+    varied[1:3] = [make_task(party="Other", is_recurring=True), make_task(timestamp=later)]
+    tasks = [*varied, make_task(last_run_on=later, attempts=2), done, failed, make_task(data={})]
+    body = wire.dumps_tasks(tasks)
+    assert body == wire.dumps([wire.encode_task(t) for t in tasks])
+    assert json.loads(body)[0]["data"]["s"] == 'é"\\\n'

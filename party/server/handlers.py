@@ -201,7 +201,8 @@ class TasksHandler(JSONHandler):
     def post(self) -> None:
         items = wire.parse_tasks(self.json_body(), self.ctx.max_batch)
         tasks = self.queue.add(items)
-        self.send_json(wire.encode_tasks(tasks), 201)
+        self.set_status(201)
+        self.finish(wire.dumps_tasks(tasks))
 
     def get(self) -> None:
         query = wire.parse_list_query(self.request.query_arguments)

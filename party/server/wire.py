@@ -26,7 +26,19 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 _ITEM_FIELD_SET = frozenset(ITEM_FIELDS)
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_encode = _encoder.encode
+_encode_str = json.encoder.encode_basestring
+# The C encoder of ``_encoder`` called directly, for the many small values of ``dumps_tasks``:
+# json's own entry points build it anew on every call. No cycle check: the values are task data,
+# decoded from JSON or checked by the queue.
+_encode_chunks = (
+    None
+    if json.encoder.c_make_encoder is None
+    else json.encoder.c_make_encoder(
+        None, _encoder.default, _encode_str, None, ":", ",", False, False, False
+    )
+)
 
 
 def dumps(value: Any) -> bytes:
@@ -188,6 +200,43 @@ def encode_tasks(tasks: Sequence[Task]) -> list[dict[str, Any]]:
             item = encode_task(task)
         out.append(item)
     return out
+
+
+def dumps_tasks(tasks: Sequence[Task]) -> bytes:
+    """``dumps(encode_tasks(tasks))``, written directly for a batch of tasks that have not run.
+
+    A batched ``POST /tasks`` echoes every task it added, and encoding a thousand objects of nine
+    fields cost as much as inserting them. Here what the tasks of a batch share (the party, the
+    times, the status) is encoded once, and each task adds its id and its data.
+    """
+    if len(tasks) < 8 or _encode_chunks is None:
+        return dumps(encode_tasks(tasks))
+    heads: dict[str, str] = {}
+    tails: dict[tuple[Any, ...], str] = {}
+    parts = []
+    for task in tasks:
+        if task.started_on is not None or task.completed_on is not None or task.last_error:
+            parts.append(_encode(encode_task(task)))
+            continue
+        head = heads.get(task.party)
+        if head is None:
+            head = heads[task.party] = ',"party":' + _encode_str(task.party) + ',"data":'
+        shared = (task.timestamp, task.created, task.attempts, task.status, task.is_recurring,
+                  task.last_run_on)  # fmt: skip
+        tail = tails.get(shared)
+        if tail is None:
+            rest = {
+                "timestamp": format_timestamp(task.timestamp),
+                "created": format_timestamp(task.created),
+                "attempts": task.attempts,
+                "status": task.status.value,
+                "is_recurring": task.is_recurring,
+                "last_run_on": format_timestamp(task.last_run_on),
+            }
+            tail = tails[shared] = "," + _encode(rest)[1:]
+        data = "".join(_encode_chunks(task.data, 0))
+        parts.append('{"_id":' + _encode_str(task.id) + head + data + tail)
+    return ("[" + ",".join(parts) + "]").encode()
 
 
 def encode_page(tasks: Sequence[Task], limit: int) -> dict[str, Any]:
