@@ -172,10 +172,19 @@ class WorkerPool:
         """Number of workers with nothing to do."""
         return sum(1 for c in self._children if c is not None and not c.inflight)
 
+    @property
+    def waiting(self) -> int:
+        """Tasks handed to workers that have not started yet (the prefetch)."""
+        return sum(_unstarted(c) for c in self._children if c is not None)
+
     def capacity(self, depth: int = 1) -> int:
-        """How many more tasks ``submit`` accepts when each worker may hold ``depth`` at once
-        (the one it runs plus ``depth - 1`` prefetched)."""
-        return sum(max(0, depth - len(c.inflight)) for c in self._children if c is not None)
+        """How many more tasks ``submit`` accepts when each worker may hold ``depth`` not yet
+        finished running (the one it runs plus ``depth - 1`` prefetched).
+
+        Runs a worker has finished but not yet reported do not count: the shared slot says how
+        far it got, so a worker is refilled while it records, instead of running dry first.
+        """
+        return sum(max(0, depth - _held(c)) for c in self._children if c is not None)
 
     def running(self) -> list[Task]:
         """Every task handed to the pool and not finished yet (their leases need renewing)."""
@@ -478,6 +487,19 @@ class WorkerPool:
                     _kill(child.pid)
                     self._reap(child, block=True)
             self._children = [None] * self.size
+
+
+def _unstarted(child: _Child) -> int:
+    # Sequence numbers rise in the order a worker runs its tasks; the slot holds the current one.
+    current = abs(read_slot(child.slot)[1])
+    return sum(1 for seq in child.inflight if seq > current)
+
+
+def _held(child: _Child) -> int:
+    """Tasks a worker holds that have not finished running: the prefetch and the current run."""
+    _, current, _ = read_slot(child.slot)
+    running = 1 if current > 0 and current in child.inflight else 0
+    return _unstarted(child) + running
 
 
 def _kill(pid: int) -> None:

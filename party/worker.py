@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import select
 import signal
 import struct
 import time
@@ -37,8 +38,12 @@ logger = logging.getLogger(__name__)
 
 # Shared slot layout: start of the current run (time.monotonic, which is system-wide on Linux),
 # the run's sequence number (> 0 while its handler runs, negated once it returned), and a stop
-# flag the parent raises so a worker hands back the runs it has not started.
-SLOT = struct.Struct("=dqq")
+# flag the parent raises so a worker hands back the runs it has not started. The worker writes
+# only the first two fields and the parent only the third, each with one slice assignment:
+# struct.pack_into zeroes its whole target before filling it, so a reader could see zeros.
+SLOT = struct.Struct("@dqq")
+RUN = struct.Struct("@dq")
+STOP = struct.Struct("@q")
 SLOT_SIZE = SLOT.size
 
 #: Signals a worker ignores; the pool blocks them around the fork so none lands before that.
@@ -64,14 +69,26 @@ def new_slot() -> mmap.mmap:
 
 
 def read_slot(slot: mmap.mmap) -> tuple[float, int, int]:
-    """(started, seq, stop) as last written; seq > 0 means that run is in its handler now."""
-    return SLOT.unpack_from(slot, 0)
+    """(started, seq, stop) as last written; seq > 0 means that run is in its handler now.
+
+    The worker may be writing while the parent reads: two equal reads in a row are a value that
+    was really written, never a mix of an old and a new one.
+    """
+    value = SLOT.unpack_from(slot, 0)
+    while True:
+        again = SLOT.unpack_from(slot, 0)
+        if again == value:
+            return value
+        value = again
 
 
 def set_stop(slot: mmap.mmap) -> None:
     """Ask the worker to hand back the runs it has not started."""
-    started, seq, _ = read_slot(slot)
-    SLOT.pack_into(slot, 0, started, seq, 1)
+    slot[RUN.size : SLOT.size] = STOP.pack(1)
+
+
+def _set_run(slot: mmap.mmap, started: float, seq: int) -> None:
+    slot[: RUN.size] = RUN.pack(started, seq)
 
 
 class Worker:
@@ -97,6 +114,8 @@ class Worker:
         self.pending: deque[tuple[int, Task, float | None]] = deque()
         self.done: list[tuple[int, Outcome, float]] = []
         self.first_done = 0.0
+        self._poller = select.poll()  # one poller for the life of the worker, not one per task
+        self._poller.register(conn.fileno(), select.POLLIN)
 
     def serve(self) -> int:
         """Run tasks until the parent closes the pipe or exits; return the exit code."""
@@ -105,7 +124,7 @@ class Worker:
                 self.flush()
                 if not self._receive(block=True):
                     return 0
-            elif self.conn.poll():
+            elif self._poller.poll(0):
                 # More work arrived while busy: take it now so the run queue never drains early.
                 if not self._receive(block=False):
                     return 0
@@ -119,7 +138,12 @@ class Worker:
                 if delay > 0:
                     time.sleep(delay)
             self._run(seq, task)
-            if not self.pending or time.monotonic() - self.first_done > FLUSH_AFTER:
+            if (
+                len(self.done) > len(self.pending)
+                or time.monotonic() - self.first_done > FLUSH_AFTER
+            ):
+                # Past half of what it holds: record and report now, so the parent refills this
+                # worker while it runs the rest, instead of after it has run dry.
                 self.flush()
 
     def _receive(self, *, block: bool) -> bool:
@@ -135,11 +159,11 @@ class Worker:
 
     def _run(self, seq: int, task: Task) -> None:
         started = time.monotonic()
-        SLOT.pack_into(self.slot, 0, started, seq, read_slot(self.slot)[2])
+        _set_run(self.slot, started, seq)
         logger.info("task %s (%s) attempt %d started", task.id, task.party, task.attempts)
         outcome = run_task(task, self.registry)
         duration = time.monotonic() - started
-        SLOT.pack_into(self.slot, 0, started, -seq, read_slot(self.slot)[2])
+        _set_run(self.slot, started, -seq)
         if not self.done:
             self.first_done = time.monotonic()
         self.done.append((seq, outcome, duration))

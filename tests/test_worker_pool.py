@@ -214,6 +214,29 @@ def test_prefetched_tasks_are_handed_back_unstarted(db, make_pool, tmp_path):
     assert all(t.attempts == 0 for t in queue.list(status="queued"))
 
 
+def test_slot_reads_never_see_a_half_written_run():
+    from party.worker import _set_run, new_slot, read_slot
+
+    slot = new_slot()
+    pid = os.fork()
+    if pid == 0:  # the writer: never writes a zero time or sequence number
+        for seq in range(1, 300_000):
+            _set_run(slot, float(seq), seq if seq % 2 else -seq)
+        os._exit(0)
+    seen = 0
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            started, seq, stop = read_slot(slot)
+            if started:
+                assert abs(seq) == started and stop == 0
+                seen += 1
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    assert seen > 0
+
+
 def test_workers_ignore_sigint_and_sigterm(make_pool, db):
     _, queue = db
     pool = make_pool(1)
