@@ -120,7 +120,9 @@ def _encode(name: str, value: Any) -> Any:
         return _dumps(value)
     if name == "is_recurring":
         return int(value)
-    return value  # str, int, and Status (a str) bind as they are
+    if name == "status":
+        return str(value)  # a plain str: a Status would take sqlite3's slow adapter path
+    return value
 
 
 def _time(value: int | None) -> datetime | None:
@@ -213,28 +215,30 @@ def _task_to_row(task: Task, micros: _Micros) -> tuple[bool, tuple[Any, ...]]:
 
 
 @lru_cache(maxsize=256)
-def _update_statement(names: tuple[str, ...], fenced: bool, statuses: int | None) -> str:
-    sql = "UPDATE tasks SET " + ", ".join(f"{name} = ?" for name in names) + " WHERE id = ?"
+def _update_statement(
+    names: tuple[str, ...], nulls: tuple[str, ...], fenced: bool, statuses: tuple[str, ...] | None
+) -> str:
+    sets = [f"{name} = ?" for name in names] + [f"{name} = NULL" for name in nulls]
+    sql = "UPDATE tasks SET " + ", ".join(sets) + " WHERE id = ?"
     if fenced:
         sql += " AND lease = ?"
-    if statuses is not None:
-        sql += f" AND status IN ({', '.join('?' * statuses)})"
+    if statuses is not None:  # Status values, never user input: safe to write into the SQL
+        sql += " AND status IN (" + ", ".join(f"'{status}'" for status in statuses) + ")"
     return sql
 
 
 def _update_sql(write: Write) -> tuple[str, list[Any]]:
+    # None and str subclasses (Status) go through sqlite3's slow adapter lookup when bound, so
+    # NULLs and statuses are written into the (cached) statement and only plain values bound.
     fields = write.fields
-    names = tuple(sorted(fields))  # a stable shape lets sqlite3 reuse its cached statements
+    names = tuple(sorted(name for name, value in fields.items() if value is not None))
+    nulls = tuple(sorted(name for name, value in fields.items() if value is None))
     params = [_encode(name, fields[name]) for name in names]
     params.append(write.task_id)
     if write.lease is not None:
         params.append(write.lease)
-    if write.statuses is not None:
-        params.extend(write.statuses)
-    sql = _update_statement(
-        names, write.lease is not None, None if write.statuses is None else len(write.statuses)
-    )
-    return sql, params
+    statuses = None if write.statuses is None else tuple(str(s) for s in write.statuses)
+    return _update_statement(names, nulls, write.lease is not None, statuses), params
 
 
 def _open_lock_file(path: str) -> int:
