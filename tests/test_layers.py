@@ -107,7 +107,7 @@ def test_client_config_and_log_use_the_standard_library_only():
 
 def test_importing_party_loads_neither_tornado_nor_pymongo():
     code = (
-        "import sys, party, party.queue, party.stores.sqlite, party.registry; "
+        "import sys, party, party.client, party.queue, party.stores.sqlite, party.registry; "
         "print(sorted(m for m in ('tornado', 'pymongo') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -8,9 +8,11 @@ Tasks are added straight through ``TaskQueue`` on the same file; the handlers
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,14 +42,14 @@ class Schedulers:
         self.queue = TaskQueue(self.store, registry)
         self.procs = []
 
-    def start(self, *flags, workers=1, lease=60, grace=10, poll=0.5, level="INFO"):
+    def start(self, *flags, workers=1, lease=60, grace=10, poll=0.5, level="INFO", env=None):
         stderr = open(self.tmp_path / f"scheduler-{len(self.procs)}.err", "w")
         cmd = [
             sys.executable, str(ROOT / "scheduler"), "--store", self.url, "--tasks", str(HANDLERS),
             "--workers", str(workers), "--lease", str(lease), "--grace", str(grace),
             "--poll-interval", str(poll), "--log-level", level, *flags,
         ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PARTY_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARTY_")} | (env or {})
         with stderr:
             proc = subprocess.Popen(cmd, cwd=self.tmp_path, stderr=stderr, env=env)
         proc.stderr_path = stderr.name
@@ -251,3 +253,55 @@ def test_python_dash_m_party_scheduler_is_the_same_entry_point(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.returncode == 0 and "--poll-interval" in out.stdout and "--grace" in out.stdout
+
+
+# -- wake-ups (issue 8): loose bounds that prove a behaviour, not figures of speed ------------
+
+
+def wait_listening(sched, count=1, tmpdir=None):
+    """Until ``count`` schedulers listen on the store's wake-up channel, then past a first pass."""
+    from party.stores.wakeup import channel_dir
+
+    folder = channel_dir("sqlite:" + os.path.realpath(sched.db))
+    if tmpdir is not None:
+        folder = Path(tmpdir) / folder.name
+    wait_until(lambda: len(list(folder.glob("*.sock"))) >= count, 15, "the wake-up socket")
+    time.sleep(0.3)  # past the first pass, into the long sleep
+
+
+def test_task_added_for_now_runs_at_once_while_the_scheduler_sleeps_towards_a_later_one(sched):
+    sched.add(
+        {"party": "Note", "data": {"n": "later"}, "timestamp": system_now() + timedelta(hours=1)}
+    )
+    sched.start(poll=30)
+    wait_listening(sched)
+    added = system_now()
+    sched.add({"party": "Note", "data": {"n": "now", "log": str(sched.log)}})
+    wait_until(lambda: sched.runs(), 5, "the woken run (poll interval is 30 s)")
+    assert datetime.fromisoformat(sched.runs()[0]["at"]) - added < timedelta(seconds=3)
+    assert sched.count(Status.QUEUED) == 1  # the later task still waits for its hour
+
+
+def test_without_the_wake_up_channel_polling_still_runs_the_task(sched):
+    # Short, so the socket path fits in sun_path (a long TMPDIR also just means polling).
+    other_tmp = Path(tempfile.mkdtemp(prefix="pw-", dir="/tmp"))
+    # The scheduler listens in another temporary folder: no notification can reach it.
+    sched.start(poll=2, env={"TMPDIR": str(other_tmp)})
+    wait_listening(sched, tmpdir=other_tmp)
+    sched.add({"party": "Note", "data": {"log": str(sched.log)}})
+    try:
+        wait_until(lambda: sched.count(Status.COMPLETED) == 1, 6, "the run found by polling")
+        assert len(sched.runs()) == 1
+    finally:
+        sched.close()
+        shutil.rmtree(other_tmp, ignore_errors=True)
+
+
+def test_two_idle_schedulers_woken_together_run_a_new_task_once(sched):
+    sched.start(poll=30)
+    sched.start(poll=30)
+    wait_listening(sched, count=2)
+    (task,) = sched.add({"party": "Note", "data": {"log": str(sched.log)}})
+    wait_until(lambda: sched.count(Status.COMPLETED) == 1, 5, "the woken run")
+    time.sleep(0.3)
+    assert [run["id"] for run in sched.runs()] == [task.id]
