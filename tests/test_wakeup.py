@@ -4,6 +4,8 @@ import os
 import select
 import socket
 
+import pytest
+
 from party.model import Status, Write
 from party.queue import TaskQueue
 from party.stores.sqlite import SqliteStore
@@ -71,6 +73,12 @@ def test_socket_of_a_dead_listener_is_removed_by_the_next_sender(tmp_path):
         live.close()
         notifier.close()
     assert not live.path.exists()
+
+
+def test_a_socket_path_too_long_to_bind_is_a_clear_error(tmp_path):
+    deep = tmp_path / ("d" * 120)
+    with pytest.raises(OSError):
+        Listener(deep)
 
 
 def test_notify_without_any_listener_is_harmless(tmp_path):

@@ -44,6 +44,9 @@ class Listener:
         old_umask = os.umask(0o007)  # group members (the server's user) may send
         try:
             self._sock.bind(str(self.path))
+        except OSError:  # e.g. a TMPDIR so long the path does not fit in sun_path
+            self._sock.close()
+            raise
         finally:
             os.umask(old_umask)
 
