@@ -173,9 +173,10 @@ class WorkerPool:
         return sum(1 for c in self._children if c is not None and not c.inflight)
 
     @property
-    def waiting(self) -> int:
-        """Tasks handed to workers that have not started yet (the prefetch)."""
-        return sum(_unstarted(c) for c in self._children if c is not None)
+    def held(self) -> int:
+        """Tasks handed to workers that have not finished running (the prefetch and the runs);
+        runs finished but not yet reported do not count."""
+        return sum(_held(c) for c in self._children if c is not None)
 
     def capacity(self, depth: int = 1) -> int:
         """How many more tasks ``submit`` accepts when each worker may hold ``depth`` not yet
@@ -200,7 +201,9 @@ class WorkerPool:
                 raise ValueError(f"{len(tasks)} tasks exceed the pool's room ({depth} per worker)")
             batches: dict[int, list[tuple[int, Task, float | None]]] = {}
             children = [c for c in self._children if c is not None]
-            load = {c.index: len(c.inflight) for c in children}
+            # Each task goes to the worker holding the fewest unfinished runs, so that no worker
+            # is given more than its ``depth`` (counting what is reported would miscount).
+            load = {c.index: _held(c) for c in children}
             wall = time.time()
             for task in tasks:
                 child = min(children, key=lambda c: load[c.index])
