@@ -121,7 +121,7 @@ class Task:
         # Tasks cross a pipe to a worker on every run: a flat tuple with times as integers and
         # the status as its string pickles several times faster than the dataclass default.
         return (
-            _unpickle_task,
+            task_from_micros,
             (
                 self.id, self.party, self.data, _micros(self.timestamp), _micros(self.created),
                 _micros(self.run_at), self.attempts, str(self.status), self.is_recurring,
@@ -143,13 +143,15 @@ def _time(value: int | None) -> datetime | None:
     return None if value is None else from_micros(value)
 
 
-def _unpickle_task(
+def task_from_micros(
     id_: str, party: str, data: dict[str, Any], timestamp: int, created: int, run_at: int,
     attempts: int, status: str, is_recurring: bool, last_run_on: int | None,
     started_on: int | None, completed_on: int | None, result: Any,
     last_error: dict[str, Any] | None, lease: str | None, lease_expires: int | None,
     singleton: str | None,
 ) -> Task:  # fmt: skip
+    """A Task from its fields with times as integer microseconds (UTC) and the status as its
+    string: the shape of a pickled task and of a SQLite row."""
     return Task(
         id_, party, data, from_micros(timestamp), from_micros(created), from_micros(run_at),
         attempts, _STATUSES[status], is_recurring, _time(last_run_on), _time(started_on),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreUnavailable
-from ..model import Status, Task, Write
+from ..model import Status, Task, Write, task_from_micros
 from ..timestamps import from_micros, to_micros
 from .base import (
     OrderKey,
@@ -103,7 +103,6 @@ _TIME_FIELDS = frozenset(
     {"timestamp", "created", "run_at", "last_run_on", "started_on", "completed_on", "lease_expires"}
 )
 _JSON_FIELDS = frozenset({"data", "result", "last_error"})
-_STATUS = {status.value: status for status in Status}
 _EMPTY_OBJECT = "{}"
 
 
@@ -125,10 +124,6 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
-def _time(value: int | None) -> datetime | None:
-    return None if value is None else from_micros(value)
-
-
 def _json(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
@@ -137,25 +132,11 @@ def _json(value: str | None) -> Any:
 def _row_to_task(row: tuple[Any, ...]) -> Task:
     (id_, party, data, ts, created, run_at, attempts, status, recurring, last_run, started,
      completed, result, last_error, lease, lease_expires, singleton) = row  # fmt: skip
-    return Task(
-        id_,
-        party,
-        {} if data == _EMPTY_OBJECT else json.loads(data),
-        from_micros(ts),
-        from_micros(created),
-        from_micros(run_at),
-        attempts,
-        _STATUS[status],
-        bool(recurring),
-        _time(last_run),
-        _time(started),
-        _time(completed),
-        _json(result),
-        _json(last_error),
-        lease,
-        _time(lease_expires),
-        singleton,
-    )
+    return task_from_micros(
+        id_, party, {} if data == _EMPTY_OBJECT else json.loads(data), ts, created, run_at,
+        attempts, status, bool(recurring), last_run, started, completed, _json(result),
+        _json(last_error), lease, lease_expires, singleton,
+    )  # fmt: skip
 
 
 # A task as ``TaskQueue.add`` makes it binds only the columns it sets: sqlite3 binds None, and a str
