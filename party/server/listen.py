@@ -29,7 +29,7 @@ from .. import log
 from ..config import Settings
 from ..errors import ConfigError
 from ..model import Status, Task
-from ..pool import PoolStopped
+from ..pool import PoolStopped, WorkerPool
 from ..queue import TaskQueue
 from ..registry import Registry, discover
 from ..stores import open_store
@@ -151,8 +151,6 @@ def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None)
     if settings.socket:
         check_unix_path(settings.socket)
     registry = discover(settings.tasks)
-    from ..pool import WorkerPool  # imported here: the pool module is needed only to serve
-
     # Fork the warm workers first, before any thread, store connection or listening socket exists.
     pool = WorkerPool(
         FORCE_RUN_WORKERS, settings.store, registry, lease_seconds=settings.lease, name="force-run"
