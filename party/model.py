@@ -6,7 +6,6 @@ the Mongo store converts them to, without importing ``bson``.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -80,6 +79,8 @@ def singleton_key(party: str, data: dict[str, Any]) -> str:
 
     A hash keeps the indexed value short whatever the size of ``data``.
     """
+    import hashlib  # only here: its OpenSSL backend costs about 4 ms to import
+
     digest = hashlib.sha256(canonical_json([party, data]).encode()).hexdigest()
     return f"{party}:{digest}"
 

@@ -11,8 +11,6 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dateutil import parser as _dateparser
-
 EPOCH = datetime(1970, 1, 1)
 ONE_MICROSECOND = timedelta(microseconds=1)
 
@@ -62,8 +60,12 @@ def parse_timestamp(value: Any) -> datetime:
 
 
 def _parse_iso(text: str) -> datetime:
+    # Imported here: dateutil.parser costs about 15 ms to import and only string input needs it,
+    # which the scheduler and its workers do not see (stores hand them datetimes).
+    from dateutil.parser import isoparse
+
     try:
-        parsed = _dateparser.isoparse(text.strip())
+        parsed = isoparse(text.strip())
     except (ValueError, OverflowError) as exc:
         raise ValueError(
             f"{text!r} is not an ISO 8601 timestamp ({exc}); expected {ACCEPTED}"

@@ -116,6 +116,21 @@ def test_importing_party_loads_neither_tornado_nor_pymongo():
     assert out.stdout.strip() == "[]"
 
 
+def loaded_after(imports, modules):
+    code = f"import sys, {imports}; print(sorted(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PARTY.parent, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_scheduler_and_public_api_start_without_the_date_parser_or_hashes():
+    # dateutil.parser costs about 15 ms of a start and hashlib 4 ms; only string timestamps and
+    # recurring tasks need them. (The store's wake-up channel still hashes, so hashlib loads there.)
+    assert loaded_after("party.scheduler.main, party.stores.sqlite", ("dateutil",)) == "[]"
+    assert loaded_after("party", ("dateutil", "hashlib")) == "[]"
+
+
 def test_public_api_is_pinned():
     import party
 
