@@ -5,7 +5,8 @@ from datetime import datetime
 
 import pytest
 
-from party.stores import describe_store_url, open_store
+from party.errors import ConfigError
+from party.stores import describe_store_url, load_backend, open_store
 from party.stores.sqlite import SqliteStore
 
 
@@ -66,6 +67,15 @@ def test_open_store_picks_sqlite_for_relative_and_absolute_paths(tmp_path, monke
     absolute = open_store(f"sqlite:///{tmp_path}/abs.db")
     assert (tmp_path / "abs.db").exists()
     absolute.close()
+
+
+def test_load_backend_imports_the_store_class_without_opening_a_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_backend("sqlite:///x.db") is SqliteStore
+    assert list(tmp_path.iterdir()) == []
+    assert load_backend("mongodb://localhost:27017/party").__name__ == "MongoStore"
+    with pytest.raises(ConfigError):
+        load_backend("party.db")
 
 
 def test_store_urls_are_checked_with_clear_errors():

@@ -1,8 +1,9 @@
 """Stores: ``open_store(url)`` picks the backend from the URL scheme.
 
 ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` opens the embedded store;
-``mongodb://host:port/dbname`` (or ``mongodb+srv://``) the production one. The Mongo module, and so
-pymongo, is imported only when a Mongo URL is opened.
+``mongodb://host:port/dbname`` (or ``mongodb+srv://``) the production one. A backend's module (for
+Mongo, pymongo with it) is imported only when its URL is opened, or ahead of time by
+``load_backend(url)``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Store
 
-__all__ = ["Store", "open_store", "describe_store_url"]
+__all__ = ["Store", "open_store", "load_backend", "describe_store_url"]
 
 ACCEPTED = "sqlite:///relative.db, sqlite:////absolute/path.db or mongodb://host:port/dbname"
 
@@ -30,13 +31,22 @@ def describe_store_url(url: str) -> str:
     raise ConfigError(f"store URL {url!r} is not understood; expected {ACCEPTED}")
 
 
-def open_store(url: str) -> Store:
-    """Open the store named by ``url`` (see the module docstring for the accepted forms)."""
-    kind = describe_store_url(url)
-    if kind == "sqlite":
+def load_backend(url: str) -> type[Store]:
+    """Import the backend of ``url`` and return its Store class, without opening anything.
+
+    A process that forks workers calls it before the fork, so each child inherits the imported
+    module instead of importing it before its first task (for SQLite about 3 ms, or 10 ms from
+    uncompiled sources). Raises ConfigError as ``describe_store_url`` does.
+    """
+    if describe_store_url(url) == "sqlite":
         from .sqlite import SqliteStore
 
-        return SqliteStore(url[len("sqlite:///") :])
+        return SqliteStore
     from .mongo import MongoStore
 
-    return MongoStore.from_url(url)
+    return MongoStore
+
+
+def open_store(url: str) -> Store:
+    """Open the store named by ``url`` (see the module docstring for the accepted forms)."""
+    return load_backend(url).from_url(url)

@@ -30,6 +30,11 @@ class Store(ABC):
     #: Timestamps are stored at this precision (microseconds); finer input is rounded up.
     precision_micros: int = 1
 
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        """Open the store ``url`` names; ``open_store`` has checked that it names this backend."""
+        raise NotImplementedError
+
     @abstractmethod
     def insert_many(self, tasks: Sequence[Task]) -> list[Task]:
         """Insert all of ``tasks`` or none of them; return them as stored, in the same order.

@@ -263,6 +263,11 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
 
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """Open ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``."""
+        return cls(url.removeprefix("sqlite:///"))
+
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
 
