@@ -2,17 +2,22 @@
 
 Nothing here opens a store, forks or binds: the caller (``server.listen`` or a test) passes the
 queue, the settings and the force-run runner in, and each handler receives them through
-``initialize``. Imports tornado, ``config``, ``queue`` and ``server.handlers``.
+``initialize`` (``AddTasks``, which serves the ordinary ``POST /tasks``, through its constructor).
+Imports tornado, ``config``, ``queue`` and ``server.handlers``.
 """
 
 from __future__ import annotations
 
-from tornado.web import Application
+from typing import Any
+
+from tornado.httputil import HTTPMessageDelegate, HTTPServerRequest
+from tornado.web import Application, RequestHandler
 
 from ..config import Settings
 from ..queue import TaskQueue
 from ..registry import Registry
 from .handlers import (
+    AddTasks,
     Context,
     HealthHandler,
     NotFoundHandler,
@@ -42,7 +47,7 @@ def make_app(
         token=settings.token,
     )
     shared = {"ctx": ctx}
-    return Application(
+    return PartyApplication(
         [
             (r"/tasks/?", TasksHandler, shared),
             (r"/task/([^/]*)/?", TaskHandler, shared),
@@ -54,3 +59,23 @@ def make_app(
         log_function=log_request,
         compress_response=False,
     )
+
+
+class PartyApplication(Application):
+    """The route table, with the ordinary ``POST /tasks`` handed to ``AddTasks`` (see there)."""
+
+    def get_handler_delegate(
+        self,
+        request: HTTPServerRequest,
+        target_class: type[RequestHandler],
+        target_kwargs: dict[str, Any] | None = None,
+        path_args: list[bytes] | None = None,
+        path_kwargs: dict[str, bytes] | None = None,
+    ) -> HTTPMessageDelegate:
+        if target_class is TasksHandler and request.method == "POST" and target_kwargs:
+            ctx = target_kwargs["ctx"]
+            if AddTasks.accepts(request, ctx):
+                return AddTasks(request, ctx)
+        return super().get_handler_delegate(
+            request, target_class, target_kwargs, path_args, path_kwargs
+        )

@@ -5,19 +5,30 @@ force-run runner), ``prepare`` checks the token in constant time before any body
 is streamed so an oversized one is answered 413 without being kept, ``write_error`` turns every
 exception into one JSON error shape, and ``log_request`` writes one line per request. Handlers call
 the queue directly (its store calls are short and keep the request path lean); only a force-run
-leaves the event loop, through the injected runner. The wire shape lives in ``wire``. Imports
-tornado, ``queue``, ``model``, ``errors`` and ``server.wire``; no store module, no pool.
+leaves the event loop, through the injected runner. ``AddTasks`` serves the common ``POST /tasks``
+below the ``RequestHandler`` machinery, with the same answers. The wire shape lives in ``wire``.
+Imports tornado, ``queue``, ``model``, ``errors`` and ``server.wire``; no store module, no pool.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import tornado
+from tornado.httputil import (
+    HTTPHeaders,
+    HTTPMessageDelegate,
+    HTTPServerRequest,
+    ResponseStartLine,
+    format_timestamp,
+    responses,
+)
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from .. import log
@@ -147,17 +158,25 @@ class JSONHandler(RequestHandler):
         self.finish(wire.dumps(body))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, HTTPError | TaskException):
-            return  # expected: the request's log line carries the message
-        if isinstance(value, StoreUnavailable):
-            logger.error("store unavailable during %s: %s", self._request_summary(), value)
-            return
-        logger.error("bug while serving %s", self._request_summary(), exc_info=(typ, value, tb))
+        _log_failure(self.request, value)
+
+
+def _log_failure(request: HTTPServerRequest, exc: BaseException) -> None:
+    """Log an exception that ended a request, unless it is an expected answer (4xx, 409...)."""
+    if isinstance(exc, HTTPError | TaskException):
+        return  # expected: the request's log line carries the message
+    summary = f"{request.method} {request.uri} ({request.remote_ip})"
+    if isinstance(exc, StoreUnavailable):
+        logger.error("store unavailable during %s: %s", summary, exc)
+        return
+    logger.error("bug while serving %s", summary, exc_info=(type(exc), exc, exc.__traceback__))
 
 
 def _error_response(
-    handler: RequestHandler, exc: BaseException | None, status: int
+    handler: RequestHandler | None, exc: BaseException | None, status: int
 ) -> tuple[int, dict[str, Any]]:
+    """The status and ``{"error": ...}`` body answering ``exc``; ``handler`` is None only for an
+    exception that is not an ``HTTPError`` (``AddTasks``)."""
     index: int | None = None
     if isinstance(exc, ApiError):
         status, message, index = exc.status_code, exc.message, exc.index
@@ -171,19 +190,19 @@ def _error_response(
         status, message = 400, str(exc)
     elif isinstance(exc, StoreUnavailable):
         status, message = 503, f"the store is unavailable: {exc}"
-    elif status == 405:
+    elif status == 405 and handler is not None:
         allowed = [m for m in ("GET", "POST", "DELETE") if _overrides(handler, m)]
         message = (
             f"{handler.request.method} is not allowed on {handler.request.path}; "
             f"allowed: {', '.join(allowed)}"
         )
-    elif isinstance(exc, HTTPError):
+    elif isinstance(exc, HTTPError) and handler is not None:
         message = exc.log_message % exc.args if exc.log_message else (exc.reason or handler._reason)
     elif status >= 500:
         kind = type(exc).__name__ if exc is not None else "error"
         message = f"internal server error ({kind}: {exc}); this is a bug, see the server log"
     else:
-        message = handler._reason
+        message = handler._reason if handler is not None else responses.get(status, "error")
     body: dict[str, Any] = {"error": message}
     if index is not None:
         body["index"] = index
@@ -255,12 +274,13 @@ class NotFoundHandler(JSONHandler):
 
 def log_request(handler: RequestHandler) -> None:
     """The one log line of a request: status, method, path, duration and any error message."""
-    status = handler.get_status()
+    _log_access(handler.get_status(), handler.request, getattr(handler, "error_message", None))
+
+
+def _log_access(status: int, request: HTTPServerRequest, message: str | None) -> None:
     level = logging.INFO if status < 500 else logging.ERROR
     if not logger.isEnabledFor(level):
         return
-    request = handler.request
-    message = getattr(handler, "error_message", None)
     logger.log(
         level,
         "%d %s %s %.1fms%s",
@@ -270,3 +290,78 @@ def log_request(handler: RequestHandler) -> None:
         1000.0 * request.request_time(),
         f" {message}" if message else "",
     )
+
+
+_JSON_TYPE = "application/json; charset=UTF-8"
+_SERVER = f"TornadoServer/{tornado.version}"  # as RequestHandler sends it
+_date: list[Any] = [0, ""]
+
+
+def _http_date() -> str:
+    """The ``Date`` header of a response, formatted once a second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = [now, format_timestamp(now)]
+    return _date[1]
+
+
+class AddTasks(HTTPMessageDelegate):
+    """``POST /tasks`` served straight from Tornado's HTTP layer, without a ``RequestHandler``.
+
+    A handler object, its coroutine, ``prepare`` and the body future cost about 150 us of the
+    300 us between reading a request and starting the insert (more with cold caches, which is
+    the case of a lone task on an idle server). This delegate takes only the ordinary request,
+    whose body has a declared length within the limit and which carries the token when one is
+    set (``accepts``); every other one goes to ``TasksHandler``, which owns the 401 and 413
+    answers. The answers are the same: 201 with the added tasks, or the one error shape, and
+    the same log line.
+    """
+
+    @staticmethod
+    def accepts(request: HTTPServerRequest, ctx: Context) -> bool:
+        """True when ``request`` needs none of ``JSONHandler.prepare``'s refusals."""
+        headers = request.headers
+        declared = headers.get("Content-Length")
+        if declared is None or not declared.isdigit() or int(declared) > ctx.max_body:
+            return False
+        if ctx.token is None:
+            return True
+        header = headers.get("Authorization")
+        expected = ctx.authorization
+        assert expected is not None
+        return header is not None and hmac.compare_digest(
+            header.encode("utf-8", "replace"), expected
+        )
+
+    def __init__(self, request: HTTPServerRequest, ctx: Context) -> None:
+        self.request = request
+        self.ctx = ctx
+        self._chunks: list[bytes] = []
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def finish(self) -> None:
+        request = self.request
+        message = None
+        try:
+            items = wire.parse_tasks(wire.loads(b"".join(self._chunks)), self.ctx.max_batch)
+            status, body = 201, wire.dumps_tasks(self.ctx.queue.add(items))
+        except Exception as exc:
+            _log_failure(request, exc)
+            status, answer = _error_response(None, exc, 500)
+            message = answer["error"]
+            body = wire.dumps(answer)
+        headers = HTTPHeaders()
+        headers["Server"] = _SERVER
+        headers["Content-Type"] = _JSON_TYPE
+        headers["Date"] = _http_date()
+        headers["Content-Length"] = str(len(body))
+        connection = request.connection
+        assert connection is not None
+        connection.write_headers(ResponseStartLine("", status, responses[status]), headers, body)
+        connection.finish()
+        _log_access(status, request, message)
+
+    def on_connection_close(self) -> None:
+        self._chunks = []
