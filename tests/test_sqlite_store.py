@@ -31,6 +31,19 @@ def test_next_run_at_reads_one_entry_of_the_run_at_index(sqlite_path):
     assert "USING INDEX tasks_run_at" in plan and "TEMP B-TREE" not in plan
 
 
+def test_batched_writes_find_each_task_by_its_id(sqlite_path):
+    from party.model import Status
+    from party.stores.sqlite import _batch_update_statement
+
+    store = SqliteStore(sqlite_path)
+    sql = _batch_update_statement(("status",), ("lease",), True, (Status.RUNNING,), 4)
+    params = ["id", "tok", "completed"] * 4
+    plan = [row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    # The rows of VALUES drive the join, one primary-key lookup each; never a scan of tasks.
+    assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id=?)" in plan
+    assert not any(step.startswith("SCAN tasks") for step in plan)
+
+
 def test_singleton_index_holds_only_live_keys_and_serves_the_clash_lookup(sqlite_path):
     store = SqliteStore(sqlite_path)
     (sql,) = store._db.execute(

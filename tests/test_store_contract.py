@@ -102,6 +102,42 @@ def test_write_many_reports_which_writes_matched(store):
     assert store.write_many([]) == []
 
 
+def test_write_many_batch_writes_only_the_tasks_whose_lease_it_holds(store):
+    # 70 completions, most of one shape (SQLite writes them in a few statements): held leases,
+    # lost ones, a task deleted meanwhile and an unknown id, in one batch.
+    tasks = [make(status=Status.RUNNING, lease=f"t{i}") for i in range(70)]
+    tasks[7].status = Status.DELETED
+    store.insert_many(tasks)
+    held = [i % 3 != 0 and i != 7 for i in range(70)]
+
+    def done(task_id, i, lease):
+        result = None if i % 10 == 5 else {"i": i}  # a second shape: result cleared
+        fields = {"status": Status.COMPLETED, "completed_on": T0, "result": result, "lease": None}
+        return Write(task_id, fields, lease=lease, statuses=(Status.RUNNING,))
+
+    writes = [done(t.id, i, t.lease if i % 3 else "lost") for i, t in enumerate(tasks)]
+    writes.insert(30, done(new_id(), 99, "t0"))
+    matched = store.write_many(writes)
+    assert matched == held[:30] + [False] + held[30:]
+    for i, task in enumerate(tasks):
+        stored = store.get(task.id)
+        if held[i]:
+            assert stored.status == Status.COMPLETED and stored.lease is None
+            assert stored.result == (None if i % 10 == 5 else {"i": i})
+        else:
+            assert stored == task
+
+
+def test_write_many_applies_two_writes_to_one_task_in_turn(store):
+    a, b = make(status=Status.RUNNING, lease="ta"), make(status=Status.RUNNING, lease="tb")
+    store.insert_many([a, b])
+    release = {"status": Status.QUEUED, "lease": None}
+    writes = [Write(a.id, release, lease="ta"), Write(b.id, release, lease="tb")]
+    writes.append(Write(a.id, {"status": Status.COMPLETED, "lease": None}, lease="ta"))
+    assert store.write_many(writes) == [True, True, False]
+    assert store.get(a.id).status == Status.QUEUED
+
+
 def test_expired_lists_running_tasks_past_their_lease(store):
     old = make(status=Status.RUNNING, lease="a", lease_expires=T0 - timedelta(seconds=2))
     older = make(status=Status.RUNNING, lease="b", lease_expires=T0 - timedelta(seconds=5))

@@ -2,7 +2,9 @@
 
 WAL lets readers run beside the one writer; a busy timeout makes writers queue instead of failing;
 every claim is one ``UPDATE ... WHERE id IN (SELECT ... ORDER BY ... LIMIT n) RETURNING`` statement,
-so it is atomic across processes. Times are stored as integer microseconds since the epoch (UTC).
+so it is atomic across processes, and the fenced writes of a batch that set the same fields (the
+completions of a worker's runs) are one ``UPDATE ... FROM (VALUES ...) RETURNING``. Times are
+stored as integer microseconds since the epoch (UTC).
 Imports only the standard library, ``model``, ``errors``, ``timestamps`` and ``stores.base``.
 """
 
@@ -195,31 +197,138 @@ def _task_to_row(task: Task, micros: _Micros) -> tuple[bool, tuple[Any, ...]]:
     return False, tuple(_encode(name, getattr(task, name)) for name in COLUMNS)
 
 
+# What a write sets, in its own order: the columns given values, the columns cleared, whether it is
+# fenced by a lease, and the statuses it requires. Writes of one shape share one statement.
+_Shape = tuple[tuple[str, ...], tuple[str, ...], bool, tuple[Status, ...] | None]
+
+# A batch of writes of one shape is one statement of at most this many rows, padded up to a power
+# of two: the statement cache then holds a few sizes per shape, not one per batch size.
+_MAX_BATCH_ROWS = 64
+
+
+def _shape(write: Write) -> _Shape:
+    names: list[str] = []
+    nulls: list[str] = []
+    for name, value in write.fields.items():
+        (nulls if value is None else names).append(name)
+    statuses = write.statuses
+    if statuses is not None and type(statuses) is not tuple:
+        statuses = tuple(statuses)  # a key of the statement caches: hashable
+    return tuple(names), tuple(nulls), write.lease is not None, statuses
+
+
+def _guard_sql(statuses: tuple[Status, ...] | None) -> str:
+    if statuses is None:  # Status values, never user input: safe to write into the SQL
+        return ""
+    return " AND tasks.status IN (" + ", ".join(f"'{status}'" for status in statuses) + ")"
+
+
 @lru_cache(maxsize=256)
 def _update_statement(
-    names: tuple[str, ...], nulls: tuple[str, ...], fenced: bool, statuses: tuple[str, ...] | None
+    names: tuple[str, ...],
+    nulls: tuple[str, ...],
+    fenced: bool,
+    statuses: tuple[Status, ...] | None,
 ) -> str:
+    # None and str subclasses (Status) go through sqlite3's slow adapter lookup when bound, so
+    # NULLs and statuses are written into the (cached) statement and only plain values bound.
     sets = [f"{name} = ?" for name in names] + [f"{name} = NULL" for name in nulls]
     sql = "UPDATE tasks SET " + ", ".join(sets) + " WHERE id = ?"
     if fenced:
         sql += " AND lease = ?"
-    if statuses is not None:  # Status values, never user input: safe to write into the SQL
-        sql += " AND status IN (" + ", ".join(f"'{status}'" for status in statuses) + ")"
-    return sql
+    return sql + _guard_sql(statuses)
 
 
-def _update_sql(write: Write) -> tuple[str, list[Any]]:
-    # None and str subclasses (Status) go through sqlite3's slow adapter lookup when bound, so
-    # NULLs and statuses are written into the (cached) statement and only plain values bound.
+@lru_cache(maxsize=256)
+def _batch_update_statement(
+    names: tuple[str, ...],
+    nulls: tuple[str, ...],
+    fenced: bool,
+    statuses: tuple[Status, ...] | None,
+    rows: int,
+) -> str:
+    """One UPDATE applying ``rows`` writes of one shape, each with its own values; it returns the
+    ids it matched. A row of ``v`` is (id, lease if fenced, the values of ``names``); its columns
+    are numbered, as a written field may be called ``lease`` too."""
+    columns = ["k", *(["f"] if fenced else []), *(f"c{i}" for i in range(len(names)))]
+    row = "(" + ", ".join("?" * len(columns)) + ")"
+    sets = [f"{name} = v.c{i}" for i, name in enumerate(names)]
+    sets += [f"{name} = NULL" for name in nulls]
+    sql = (
+        f"WITH v({', '.join(columns)}) AS (VALUES {', '.join([row] * rows)}) "
+        f"UPDATE tasks SET {', '.join(sets)} FROM v WHERE tasks.id = v.k"
+    )
+    if fenced:
+        sql += " AND tasks.lease = v.f"
+    return sql + _guard_sql(statuses) + " RETURNING tasks.id"
+
+
+def _values(write: Write, names: tuple[str, ...]) -> list[Any]:
     fields = write.fields
-    names = tuple(sorted(name for name, value in fields.items() if value is not None))
-    nulls = tuple(sorted(name for name, value in fields.items() if value is None))
-    params = [_encode(name, fields[name]) for name in names]
+    return [_encode(name, fields[name]) for name in names]
+
+
+def _update_sql(write: Write, shape: _Shape | None = None) -> tuple[str, list[Any]]:
+    shape = shape or _shape(write)
+    params = _values(write, shape[0])
     params.append(write.task_id)
     if write.lease is not None:
         params.append(write.lease)
-    statuses = None if write.statuses is None else tuple(str(s) for s in write.statuses)
-    return _update_statement(names, nulls, write.lease is not None, statuses), params
+    return _update_statement(*shape), params
+
+
+# A statement of write_many: its SQL and parameters, the indexes of the writes it applies, and
+# whether it returns the ids it matched (a batch) or applies one write (then its rowcount says).
+_Statement = tuple[str, list[Any], list[int], bool]
+
+
+def _write_statements(writes: Sequence[Write], max_params: int) -> list[_Statement]:
+    """The statements that apply ``writes``: one per write, or, when all are to distinct tasks,
+    one per shape and chunk of up to ``_MAX_BATCH_ROWS`` writes (and ``max_params`` parameters).
+    """
+    shapes = [_shape(write) for write in writes]
+    groups: dict[_Shape, list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(shape, []).append(index)
+    # Writes to one task must apply in turn, each seeing the other's result: not in one statement.
+    if len(groups) == len(writes) or len({write.task_id for write in writes}) < len(writes):
+        return [(*_update_sql(writes[i], shape), [i], False) for i, shape in enumerate(shapes)]
+    statements: list[_Statement] = []
+    for shape, indexes in groups.items():
+        names, _, fenced, _ = shape
+        width = 1 + fenced + len(names)
+        most = max(1, min(_MAX_BATCH_ROWS, max_params // width))
+        for start in range(0, len(indexes), most):
+            chunk = indexes[start : start + most]
+            if len(chunk) == 1:
+                statements.append((*_update_sql(writes[chunk[0]], shape), chunk, False))
+                continue
+            params: list[Any] = []
+            for index in chunk:
+                write = writes[index]
+                params.append(write.task_id)
+                if fenced:
+                    params.append(write.lease)
+                params += _values(write, names)
+            rows = 1 << (len(chunk) - 1).bit_length()  # the next power of two
+            if rows > most:
+                rows = len(chunk)
+            # Padding repeats the last row: a task joined to two identical rows is written once.
+            params += params[-width:] * (rows - len(chunk))
+            statements.append((_batch_update_statement(*shape, rows), params, chunk, True))
+    return statements
+
+
+def _apply(
+    db: sqlite3.Connection, statement: _Statement, writes: Sequence[Write], matched: list[bool]
+) -> None:
+    sql, params, indexes, batch = statement
+    if batch:
+        done = {row[0] for row in db.execute(sql, params).fetchall()}
+        for index in indexes:
+            matched[index] = writes[index].task_id in done
+    else:
+        matched[indexes[0]] = db.execute(sql, params).rowcount == 1
 
 
 def _open_lock_file(path: str) -> int:
@@ -255,6 +364,7 @@ class SqliteStore(Store):
             # cut may lose the last few, which is the usual trade of an embedded queue.
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = OFF")
+            self._max_params = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             with self._transaction():
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
@@ -413,11 +523,17 @@ class SqliteStore(Store):
     def write_many(self, writes: Sequence[Write]) -> list[bool]:
         if not writes:
             return []
-        matched: list[bool] = []
-        with self._guard(write=True) as db, self._transaction():
-            for write in writes:
-                sql, params = _update_sql(write)
-                matched.append(db.execute(sql, params).rowcount == 1)
+        statements = _write_statements(writes, self._max_params)
+        matched = [False] * len(writes)
+        with self._guard(write=True) as db:
+            if len(statements) == 1:
+                # One statement is its own transaction in autocommit mode: it takes the write lock
+                # as it starts (as BEGIN IMMEDIATE does) and commits as it ends.
+                _apply(db, statements[0], writes, matched)
+            else:
+                with self._transaction():
+                    for statement in statements:
+                        _apply(db, statement, writes, matched)
         if any(
             ok and w.fields.get("status") == Status.QUEUED
             for w, ok in zip(writes, matched, strict=True)
