@@ -53,7 +53,35 @@ class PartyHTTPError(PartyClientError):
         super().__init__(f"HTTP {status}: {message}{where}")
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
+def _send_output(
+    self: http.client.HTTPConnection, message_body: Any = None, encode_chunked: bool = False
+) -> None:
+    # http.client writes the head, then the body, in two sends: the server may wake on the head
+    # alone and go back to its poll for the body. A bytes body goes in the same write here.
+    if not isinstance(message_body, bytes) or encode_chunked:
+        return http.client.HTTPConnection._send_output(self, message_body, encode_chunked)  # type: ignore[attr-defined]
+    buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
+    buffer.extend((b"", message_body))  # the blank line that ends the head, then the body
+    data = b"\r\n".join(buffer)
+    del buffer[:]
+    self.send(data)
+    return None
+
+
+class HTTPConnection(http.client.HTTPConnection):
+    """``http.client.HTTPConnection`` sending a request's head and body in one write (TCP, with
+    TCP_NODELAY as http.client sets it)."""
+
+    _send_output = _send_output
+
+
+class HTTPSConnection(http.client.HTTPSConnection):
+    """``http.client.HTTPSConnection`` sending a request's head and body in one write."""
+
+    _send_output = _send_output
+
+
+class UnixHTTPConnection(HTTPConnection):
     """An ``HTTPConnection`` over a Unix domain socket at ``path``."""
 
     def __init__(self, path: str, timeout: float | None = None) -> None:
@@ -136,14 +164,14 @@ class BlockingHTTPClient:
             parts = urlsplit(address)
             host, port = parts.hostname or "127.0.0.1", parts.port
             if address.startswith("https://"):
-                return http.client.HTTPSConnection(host, port, timeout=self.timeout)
-            return http.client.HTTPConnection(host, port or DEFAULT_PORT, timeout=self.timeout)
+                return HTTPSConnection(host, port, timeout=self.timeout)
+            return HTTPConnection(host, port or DEFAULT_PORT, timeout=self.timeout)
         if address.startswith("unix:"):
             return UnixHTTPConnection(address[len("unix:") :], timeout=self.timeout)
         if "/" in address or address.endswith(".sock"):
             return UnixHTTPConnection(address, timeout=self.timeout)
         host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
-        return http.client.HTTPConnection(
+        return HTTPConnection(
             host.strip("[]") or "127.0.0.1",
             int(port) if port else DEFAULT_PORT,
             timeout=self.timeout,

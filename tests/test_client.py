@@ -161,3 +161,21 @@ def test_importing_the_client_loads_neither_tornado_nor_pymongo():
         check=True,
     )
     assert json.loads(out.stdout) == []
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_a_request_with_a_body_goes_out_in_one_write(served, kind):
+    address = served.sock if kind == "unix" else f"127.0.0.1:{served.port}"
+    with BlockingHTTPClient(address) as client:
+        client.health()  # connects
+        conn = client._conn
+        writes = []
+        send = conn.send
+        conn.send = lambda data: (writes.append(bytes(data)), send(data))[1]
+        task = client.add("Noop", {"n": 1})
+        assert task["data"] == {"n": 1}
+        assert len(writes) == 1
+        head, _, body = writes[0].partition(b"\r\n\r\n")
+        assert head.startswith(b"POST /tasks HTTP/1.1\r\n") and b"Content-Length: " in head
+        assert json.loads(body) == {"tasks": [{"party": "Noop", "data": {"n": 1}}]}
+        client.health()  # the connection is still in step
