@@ -487,10 +487,11 @@ class SqliteStore(Store):
         return [_row_to_task(row) for row in rows]
 
     def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
+        # By rowid, not id: the id would be looked up again in its own index for every row.
         now_us = to_micros(now)
         sql = (
             "UPDATE tasks SET status = 'running', attempts = attempts + 1, lease = ?, "
-            "lease_expires = ? WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' "
+            "lease_expires = ? WHERE rowid IN (SELECT rowid FROM tasks WHERE status = 'queued' "
             "AND timestamp <= ? AND run_at <= ?" + ORDER + " LIMIT ?)" + RETURNING
         )
         with self._guard(write=True) as db:
