@@ -68,7 +68,13 @@ def execute(queue: TaskQueue, task: Task) -> tuple[Outcome, Status | None]:
     return outcome, queue.record([outcome])[0]
 
 
+#: Results that are JSON as they are: checked by type, without encoding them.
+_PLAIN = frozenset({type(None), bool, int, str})
+
+
 def _jsonable(result: Any, task: Task) -> Any:
+    if type(result) in _PLAIN:
+        return result
     try:
         json.dumps(result, allow_nan=False)
     except (TypeError, ValueError):

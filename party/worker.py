@@ -160,7 +160,8 @@ class Worker:
     def _run(self, seq: int, task: Task) -> None:
         started = time.monotonic()
         _set_run(self.slot, started, seq)
-        logger.info("task %s (%s) attempt %d started", task.id, task.party, task.attempts)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("task %s (%s) attempt %d started", task.id, task.party, task.attempts)
         outcome = run_task(task, self.registry)
         duration = time.monotonic() - started
         _set_run(self.slot, started, -seq)
@@ -229,6 +230,8 @@ class Worker:
 
 def log_end(outcome: Outcome, status: Status | str | None, duration: float) -> None:
     """The one line that ends a run (id, handler, attempt, duration, outcome)."""
+    if outcome.ok and status is not None and not logger.isEnabledFor(logging.INFO):
+        return  # the common case under --log-level WARNING: build no line at all
     task = outcome.task
     head = f"task {task.id} ({task.party}) attempt {task.attempts}"
     if status is None:
