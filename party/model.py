@@ -140,10 +140,6 @@ def _micros(value: datetime | None) -> int | None:
     return None if value is None else to_micros(value)
 
 
-def _time(value: int | None) -> datetime | None:
-    return None if value is None else from_micros(value)
-
-
 def task_from_micros(
     id_: str, party: str, data: dict[str, Any], timestamp: int, created: int, run_at: int,
     attempts: int, status: str, is_recurring: bool, last_run_on: int | None,
@@ -153,10 +149,19 @@ def task_from_micros(
 ) -> Task:  # fmt: skip
     """A Task from its fields with times as integer microseconds (UTC) and the status as its
     string: the shape of a pickled task and of a SQLite row."""
+    # A fresh task's three times are one instant: convert it once.
+    ts = from_micros(timestamp)
     return Task(
-        id_, party, data, from_micros(timestamp), from_micros(created), from_micros(run_at),
-        attempts, _STATUSES[status], is_recurring, _time(last_run_on), _time(started_on),
-        _time(completed_on), result, last_error, lease, _time(lease_expires), singleton,
+        id_, party, data, ts,
+        ts if created == timestamp else from_micros(created),
+        ts if run_at == timestamp else from_micros(run_at),
+        attempts, _STATUSES[status], is_recurring,
+        None if last_run_on is None else from_micros(last_run_on),
+        None if started_on is None else from_micros(started_on),
+        None if completed_on is None else from_micros(completed_on),
+        result, last_error, lease,
+        None if lease_expires is None else from_micros(lease_expires),
+        singleton,
     )  # fmt: skip
 
 

