@@ -21,9 +21,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from multiprocessing import Pipe
-from multiprocessing.connection import Connection, wait
 
+from .channel import Channel, HasFileno, wait_readable
 from .model import Status, Task
 from .queue import TaskQueue, error_info
 from .registry import Registry
@@ -62,7 +61,7 @@ class Finished:
 class _Child:
     index: int
     pid: int
-    conn: Connection
+    conn: Channel
     slot: mmap.mmap
     inflight: dict[int, Task] = field(default_factory=dict)
 
@@ -114,7 +113,7 @@ class WorkerPool:
         logger.info("%s pool started: %d workers on %s", self.name, self.size, self.store_url)
 
     def _spawn(self, index: int) -> None:
-        parent_conn, child_conn = Pipe()
+        parent_conn, child_conn = Channel.pair()
         slot = new_slot()
         name = f"{self.name}-{index}"
         # Blocked across the fork so that a Ctrl-C arriving now cannot kill the child before it
@@ -226,13 +225,13 @@ class WorkerPool:
         except OSError:
             pass  # the worker died: the next poll sees its pipe closed and handles its tasks
 
-    def wait(self, timeout: float, extra: Iterable[int | Connection] = ()) -> bool:
+    def wait(self, timeout: float, extra: Iterable[int | HasFileno] = ()) -> bool:
         """Block until a worker reports (or dies), an ``extra`` fd is readable, a running task's
         timeout is due, or ``timeout`` seconds pass. True when something is ready."""
         with self._lock:
             conns = [c.conn for c in self._children if c is not None]
             timeout = min(timeout, self._next_deadline())
-        return bool(wait([*conns, *extra], max(0.0, timeout)))
+        return wait_readable([*conns, *extra], max(0.0, timeout))
 
     def poll(self, timeout: float = 0.0) -> list[Finished]:
         """Collect what finished: reports, dead workers (replaced), killed overruns.
@@ -489,6 +488,7 @@ class WorkerPool:
                 if child is not None:
                     _kill(child.pid)
                     self._reap(child, block=True)
+                    child.conn.close()
             self._children = [None] * self.size
 
 

@@ -24,9 +24,9 @@ import struct
 import time
 from collections import deque
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
 from typing import NamedTuple
 
+from .channel import Channel
 from .errors import StoreUnavailable
 from .model import Outcome, Status, Task
 from .queue import TaskQueue
@@ -96,7 +96,7 @@ class Worker:
 
     def __init__(
         self,
-        conn: Connection,
+        conn: Channel,
         slot: mmap.mmap,
         store_url: str,
         registry: Registry,
@@ -258,7 +258,7 @@ def log_end(outcome: Outcome, status: Status | str | None, duration: float) -> N
 
 
 def child_main(
-    conn: Connection,
+    conn: Channel,
     slot: mmap.mmap,
     store_url: str,
     registry: Registry,
