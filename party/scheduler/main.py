@@ -23,7 +23,7 @@ from ..log import SCHEDULER, setup_logging
 from ..pool import WorkerPool
 from ..queue import TaskQueue
 from ..registry import discover
-from ..stores import open_store
+from ..stores import load_backend
 from .loop import Scheduler
 
 logger = logging.getLogger(SCHEDULER)
@@ -57,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logger.info("handlers: %s", ", ".join(registry.names) or "none")
 
+    try:
+        backend = load_backend(settings.store)  # imported before the fork: workers inherit it
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
     pool = WorkerPool(settings.workers, settings.store, registry, lease_seconds=settings.lease)
     pool.start()
     try:
-        store = open_store(settings.store)
+        store = backend.from_url(settings.store)
     except (ConfigError, StoreUnavailable) as exc:
         logger.error("%s", exc)
         pool.kill()
