@@ -1,13 +1,15 @@
 """WorkerPool: long-lived worker processes forked after the handlers are imported, one pipe each.
 
 The pool owns the processes and the pipes to them: it forks ``size`` workers (``worker.py`` is the
-child's loop), hands them claimed tasks, enforces each handler's ``timeout`` by killing the worker,
-replaces a worker that dies and logs why (exit code or signal), and turns a run that died with its
-worker into a failed attempt (``queue.fail``, fenced by the lease) while handing back the runs that
-worker had not started. It is shared by the scheduler (non-blocking ``submit``/``wait``/``poll``)
-and the server's force-run (blocking, thread-safe ``run_one``), so it sits below both and imports
-neither; with ``worker.py`` it is the only module that forks. Imports ``worker``, ``queue``,
-``stores``, ``registry``, ``model`` and ``timestamps``.
+child's loop), enforces each handler's ``timeout`` by killing the worker, replaces a worker that
+dies and logs why (exit code or signal), and turns a run that died with its worker into a failed
+attempt (``queue.fail``, fenced by the lease) while handing back the runs that worker had not
+started. Its workers either claim their own tasks (the scheduler's pool, given a
+``ClaimPolicy``: they tell the pool what they took) or run what the pool hands them (the
+server's force-run, through the blocking, thread-safe ``run_one``; ``submit`` for tests and
+tools). It sits below both users and imports neither; with ``worker.py`` it is the only module
+that forks. Imports ``worker``, ``channel``, ``queue``, ``stores``, ``registry``, ``model`` and
+``timestamps``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from .channel import Channel, HasFileno, wait_readable
 from .model import Status, Task
@@ -28,9 +31,21 @@ from .queue import TaskQueue, error_info
 from .registry import Registry
 from .stores import open_store
 from .timestamps import system_now
-from .worker import RELEASED, STOP_SIGNALS, Report, child_main, new_slot, read_slot, set_stop
+from .worker import (
+    RELEASED,
+    STOP_SIGNALS,
+    Claimed,
+    ClaimPolicy,
+    Report,
+    child_main,
+    new_slot,
+    read_slot,
+    set_stop,
+)
 
 logger = logging.getLogger(__name__)
+
+CLAIMED_FIELDS = len(Claimed._fields)
 
 #: How often idle workers are checked with waitpid (a dead worker also closes its pipe).
 REAP_INTERVAL = 1.0
@@ -49,7 +64,7 @@ class Finished:
     ``error`` is the error type of a failed run.
     """
 
-    task: Task
+    task: Task | Claimed
     status: Status | None
     duration: float = 0.0
     error: str | None = None
@@ -63,7 +78,7 @@ class _Child:
     pid: int
     conn: Channel
     slot: mmap.mmap
-    inflight: dict[int, Task] = field(default_factory=dict)
+    inflight: dict[int, Task | Claimed] = field(default_factory=dict)
 
 
 class WorkerPool:
@@ -83,6 +98,7 @@ class WorkerPool:
         lease_seconds: float = 60.0,
         name: str = "worker",
         queue: TaskQueue | None = None,
+        claim: ClaimPolicy | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, got {size}")
@@ -92,6 +108,7 @@ class WorkerPool:
         self.lease_seconds = lease_seconds
         self.name = name
         self._queue = queue
+        self.claim = claim
         self._children: list[_Child | None] = [None] * size
         self._seq = 0
         self._stopping = False
@@ -141,6 +158,7 @@ class WorkerPool:
                     self.registry,
                     lease_seconds=self.lease_seconds,
                     name=name,
+                    claim=self.claim,
                 )
             except BaseException:
                 logger.exception("%s crashed", name)
@@ -186,7 +204,7 @@ class WorkerPool:
         """
         return sum(max(0, depth - _held(c)) for c in self._children if c is not None)
 
-    def running(self) -> list[Task]:
+    def running(self) -> list[Task | Claimed]:
         """Every task handed to the pool and not finished yet (their leases need renewing)."""
         with self._lock:
             return [t for c in self._children if c is not None for t in c.inflight.values()]
@@ -196,6 +214,8 @@ class WorkerPool:
         one pipe message per worker. Raises ValueError beyond ``capacity(depth)``. Given the
         caller's ``now``, a task claimed ahead of its time is held by its worker until then."""
         with self._lock:
+            if self.claim is not None:
+                raise ValueError("this pool's workers claim their own tasks")
             if len(tasks) > self.capacity(depth):
                 raise ValueError(f"{len(tasks)} tasks exceed the pool's room ({depth} per worker)")
             batches: dict[int, list[tuple[int, Task, float | None]]] = {}
@@ -266,8 +286,8 @@ class WorkerPool:
                 continue
             try:
                 while child.conn.poll():
-                    reports: list[Report] = child.conn.recv()
-                    finished.extend(self._finish(child, reports))
+                    messages: list[tuple[Any, ...]] = child.conn.recv()
+                    finished.extend(self._finish(child, messages))
             except (EOFError, OSError):
                 finished.extend(self._on_death(child, self._reap(child, block=True)))
                 continue
@@ -281,9 +301,14 @@ class WorkerPool:
                         finished.extend(self._on_death(child, reason))
         return finished
 
-    def _finish(self, child: _Child, reports: list[Report]) -> list[Finished]:
+    def _finish(self, child: _Child, messages: list[tuple[Any, ...]]) -> list[Finished]:
         finished = []
-        for report in reports:
+        for message in messages:
+            if len(message) == CLAIMED_FIELDS:  # a claiming worker took this task
+                claimed = Claimed._make(message)
+                child.inflight[claimed.seq] = claimed
+                continue
+            report = Report._make(message)
             task = child.inflight.pop(report.seq, None)
             if task is None:
                 continue
@@ -308,7 +333,7 @@ class WorkerPool:
                 soonest = min(soonest, started + limit - now)
         return soonest
 
-    def _timeout_of(self, task: Task | None) -> float | None:
+    def _timeout_of(self, task: Task | Claimed | None) -> float | None:
         if task is None:
             return None
         handler = self.registry.get(task.party)
@@ -354,13 +379,17 @@ class WorkerPool:
         finished: list[Finished] = []
         if running is not None and not self._stopping:
             duration = time.monotonic() - started
-            running.started_on = system_now() - timedelta(seconds=duration)
+            failed = self._full_task(running)
             if timed_out is not None:
                 kind, message = "Timeout", f"timed out after {timed_out:g} s"
             else:
                 kind = "WorkerDied"
                 message = f"the worker process running it ({name}, pid {child.pid}) {reason}"
-            status = self._store_call("fail", running, error_info(kind, message, at=system_now()))
+            status = None
+            if failed is not None:
+                failed.started_on = system_now() - timedelta(seconds=duration)
+                error = error_info(kind, message, at=system_now())
+                status = self._store_call("fail", failed, error)
             logger.warning(
                 "task %s (%s) attempt %d failed after %.3fs: %s; %s",
                 running.id, running.party, running.attempts, duration, message,
@@ -378,7 +407,17 @@ class WorkerPool:
             self._spawn(child.index)
         return finished
 
-    def _hand_back(self, tasks: dict[int, Task]) -> list[Finished]:
+    def _full_task(self, item: Task | Claimed) -> Task | None:
+        """The task a run was of: a claiming worker only said which one, so it is read back
+        (None when it is gone or its lease is no longer this run's)."""
+        if isinstance(item, Task):
+            return item
+        task = self._store_call("get", item.id)
+        if not isinstance(task, Task) or task.lease != item.lease:
+            return None
+        return task
+
+    def _hand_back(self, tasks: dict[int, Task | Claimed]) -> list[Finished]:
         released = self._store_call("release", list(tasks.values()))
         if released is None:
             released = [False] * len(tasks)
@@ -409,6 +448,8 @@ class WorkerPool:
         Enforces the handler's timeout and survives a dying worker like any run. Thread-safe:
         concurrent callers each get a worker of their own, waiting while all are busy.
         """
+        if self.claim is not None:
+            raise ValueError("this pool's workers claim their own tasks")
         with self._cond:
             while True:
                 if self._stopping:

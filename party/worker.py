@@ -1,16 +1,24 @@
 """The worker process: the loop a pool child runs after the fork, until its parent is gone.
 
 A worker opens its own store (a connection inherited across ``fork`` is never safe to use), ignores
-SIGINT and SIGTERM (the scheduler decides when it stops), and runs what arrives on its pipe: a list
-of ``(seq, Task, not_before)`` items, run in order through ``runner.run_task``, none before its
-``not_before`` (epoch seconds, set for a task claimed a few milliseconds ahead of its time).
+SIGINT and SIGTERM (the scheduler decides when it stops), and runs tasks in order through
+``runner.run_task``, none before its ``not_before`` (epoch seconds, for a task claimed a few
+milliseconds ahead of its time). Where the tasks come from depends on the pool:
+
+- the scheduler's workers claim for themselves (``ClaimPolicy``): each claims a batch in queue
+  order when it runs low, tells its parent what it holds (``Claimed``), and sleeps while nothing
+  is due until the next task's time, a wake-up from the store or the poll interval. No task
+  crosses a process boundary and no process stands between the store and the run;
+- the server's force-run workers run what their parent pushes down the pipe: lists of
+  ``(seq, Task, not_before)``.
+
 Outcomes are recorded by the worker itself through its own ``TaskQueue``, fenced by each run's
 lease, in batches (one store transaction for several runs), and then reported to the parent as
-small ``Report`` tuples. Before
-each run the worker writes the run's sequence number and start time into memory it shares with the
-parent, so the parent can enforce timeouts and knows which task a dead worker was running without a
-message per task. Imports ``runner``, ``queue``, ``stores``, ``registry``, ``model``, ``errors`` and
-``timestamps``; never the scheduler or the server.
+small ``Report`` tuples. Before each run the worker writes the run's sequence number and start
+time into memory it shares with the parent, so the parent can enforce timeouts and knows which
+task a dead worker was running without a message per task. Imports ``runner``, ``queue``,
+``stores``, ``registry``, ``channel``, ``model``, ``errors`` and ``timestamps``; never the
+scheduler or the server.
 """
 
 from __future__ import annotations
@@ -24,15 +32,19 @@ import struct
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, NamedTuple
 
-from .channel import Channel
+from .channel import Channel, wait_readable
 from .errors import StoreUnavailable
 from .model import Outcome, Status, Task
 from .queue import TaskQueue
 from .registry import Registry
 from .runner import run_task
 from .stores import open_store
+from .stores.wakeup import Listener
+from .timestamps import system_now
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +66,45 @@ FLUSH_AFTER = 0.02
 RELEASED = "released"
 
 
+#: Most tasks a claiming worker holds at once under a backlog (the one running plus the prefetch).
+MAX_DEPTH = 128
+#: Seconds of expected work a worker may hold ahead: long tasks get no prefetch at all, no-op
+#: tasks get batches large enough to share one store transaction between many of them.
+PREFETCH_SECONDS = 0.05
+#: Tasks due this soon are claimed now and held until their time, so that the claim happens
+#: before the due time instead of after it.
+CLAIM_AHEAD = 0.004
+#: How long before a task's time an idle worker wakes to claim it (within CLAIM_AHEAD).
+WAKE_AHEAD = 0.003
+#: The last part of a sleep taken with a precise timer instead of poll()'s whole milliseconds.
+TIMER_SLACK = 0.002
+#: Longest pause before trying again a store that stopped answering (seconds).
+MAX_BACKOFF = 5.0
+
+
+@dataclass(frozen=True)
+class ClaimPolicy:
+    """Workers claim their own tasks: ``poll_interval`` is the longest idle sleep between looks
+    at the store (the safety net behind the wake-up), ``max_depth`` the most a worker holds."""
+
+    poll_interval: float = 1.0
+    max_depth: int = MAX_DEPTH
+
+
+class Claimed(NamedTuple):
+    """A task a worker claimed, as it tells its parent: enough to renew its lease, hand it back,
+    fail it if the worker dies, and enforce its handler's timeout. Five fields on the wire."""
+
+    seq: int
+    id: str
+    party: str
+    attempts: int
+    lease: str | None
+
+
 class Report(NamedTuple):
-    """One finished (or handed back) run, as sent from a worker to its parent."""
+    """One finished (or handed back) run, as sent from a worker to its parent. Four fields on
+    the wire."""
 
     seq: int
     status: str | None  # a Status value, RELEASED, or None when the outcome was discarded
@@ -103,6 +152,7 @@ class Worker:
         *,
         lease_seconds: float,
         name: str,
+        claim: ClaimPolicy | None = None,
     ) -> None:
         self.conn = conn
         self.slot = slot
@@ -116,9 +166,17 @@ class Worker:
         self.first_done = 0.0
         self._poller = select.poll()  # one poller for the life of the worker, not one per task
         self._poller.register(conn.fileno(), select.POLLIN)
+        self.claim = claim
+        self._seq = 0
+        self._depth = 1
+        self._mean_duration = 0.0
+        self._backoff = 0.0
+        self._starved = False
 
     def serve(self) -> int:
         """Run tasks until the parent closes the pipe or exits; return the exit code."""
+        if self.claim is not None:
+            return self._serve_claiming(self.claim)
         while True:
             if not self.pending:
                 self.flush()
@@ -145,6 +203,135 @@ class Worker:
                 # Past half of what it holds: record and report now, so the parent refills this
                 # worker while it runs the rest, instead of after it has run dry.
                 self.flush()
+
+    def _serve_claiming(self, policy: ClaimPolicy) -> int:
+        try:
+            listener = self.queue.store.listen()
+        except Exception as exc:  # the wake-up is an optimisation; polling alone is correct
+            logger.info("%s: no wake-up channel (%s); polling every %g s", self.name, exc,
+                        policy.poll_interval)  # fmt: skip
+            listener = None
+        try:
+            while True:
+                stopping = read_slot(self.slot)[2] != 0
+                if stopping:
+                    self.hand_back()
+                elif self._wants_more() and not self._claim(policy):
+                    return 0
+                if not self.pending:
+                    self.flush()
+                    if not self._idle(policy, listener, stopping):
+                        return 0
+                    continue
+                seq, task, not_before = self.pending.popleft()
+                if not_before is not None:
+                    delay = not_before - time.time()
+                    if delay > 0:
+                        time.sleep(delay)
+                self._run(seq, task)
+                mean = self._mean_duration or self.done[-1][2]
+                self._mean_duration = mean + 0.1 * (self.done[-1][2] - mean)
+        finally:
+            if listener is not None:
+                listener.close()
+            self._leave()
+
+    def _wants_more(self) -> bool:
+        # Refill at half depth while a backlog lasts; once a claim came back short (nothing more
+        # was due), run what is held first instead of asking the store again after every run.
+        if not self.pending:
+            return True
+        return not self._starved and len(self.pending) <= self._depth // 2
+
+    def _claim(self, policy: ClaimPolicy) -> bool:
+        """Claim up to the room left in this worker's depth; False when the parent is gone."""
+        budget = policy.max_depth
+        if self._mean_duration > 0:
+            budget = min(budget, int(PREFETCH_SECONDS / self._mean_duration))
+        self._depth = max(1, min(self._depth, budget))
+        room = self._depth - len(self.pending)
+        if room <= 0:
+            return True
+        self.flush()  # what ran is recorded (and reported) before more is taken
+        now = system_now()
+        try:
+            tasks = self.queue.claim(room, now=now, ahead=CLAIM_AHEAD)
+        except StoreUnavailable as exc:
+            self._backoff = min(max(self._backoff * 2, 0.1), MAX_BACKOFF)
+            logger.warning("%s: store unavailable, retrying in %.1f s: %s", self.name,
+                           self._backoff, exc)  # fmt: skip
+            time.sleep(self._backoff)
+            return os.getppid() == self.parent
+        if self._backoff:
+            logger.info("%s: store answers again", self.name)
+            self._backoff = 0.0
+        self._starved = len(tasks) < room
+        if tasks:
+            wall = time.time()
+            items = []
+            for task in tasks:
+                self._seq += 1
+                due = task.run_at if task.run_at > task.timestamp else task.timestamp
+                early = (due - now).total_seconds() if due > now else 0.0
+                self.pending.append((self._seq, task, wall + early if early > 0 else None))
+                items.append((self._seq, task.id, task.party, task.attempts, task.lease))
+            if not self._send(items):
+                return False
+        # Deeper only while the queue has more due tasks than this worker takes, and never more
+        # than about PREFETCH_SECONDS of work.
+        if len(tasks) == room:
+            self._depth = min(self._depth * 2, budget)
+        elif len(tasks) < room // 2:
+            self._depth = max(1, self._depth // 2)
+        return True
+
+    def _idle(self, policy: ClaimPolicy, listener: Listener | None, stopping: bool) -> bool:
+        """Sleep until the next task is due, a wake-up, the poll interval, or (stopping) the
+        end of the pipe; False when the parent is gone."""
+        timeout = policy.poll_interval
+        if not stopping:
+            try:
+                next_run = self.queue.next_run_at()
+            except StoreUnavailable:
+                next_run = None
+            if next_run is not None:
+                ahead = next_run - timedelta(seconds=WAKE_AHEAD) - system_now()
+                timeout = min(timeout, ahead.total_seconds())
+        # Never spin: a due task another worker raced this one to would otherwise loop hot.
+        timeout = max(timeout, 0.001)
+        sources = [self.conn.fileno()]
+        if listener is not None and not stopping:
+            sources.append(listener.fileno())
+        deadline = time.monotonic() + timeout
+        ready = wait_readable(sources, timeout - TIMER_SLACK) if timeout > TIMER_SLACK else False
+        if not ready:
+            # poll() counts whole milliseconds, rounded up: the last stretch of a sleep towards a
+            # task due at a precise time is slept with time.sleep (nanoseconds).
+            remaining = deadline - time.monotonic()
+            if 0 < remaining <= TIMER_SLACK:
+                time.sleep(remaining)
+        if listener is not None:
+            listener.drain()
+        if self._poller.poll(0):
+            try:
+                self.conn.recv()  # the parent only ever closes this pipe, or nudges
+            except (EOFError, OSError):
+                return False
+        return os.getppid() == self.parent
+
+    def _leave(self) -> None:
+        """The parent is gone or closed the pipe: give back what never started, record what ran
+        (both best effort: leases cover the rest)."""
+        try:
+            pending, self.pending = list(self.pending), deque()
+            if pending:
+                self.queue.release([task for _, task, _ in pending])
+            if self.done:
+                self._record([outcome for _, outcome, _ in self.done])
+                self.done = []
+        except Exception as exc:
+            logger.warning("%s: leaving with unrecorded work (leases will recover it): %s",
+                           self.name, exc)  # fmt: skip
 
     def _receive(self, *, block: bool) -> bool:
         while block and not self.conn.poll(1.0):
@@ -179,7 +366,7 @@ class Worker:
         for (seq, outcome, duration), status in zip(done, statuses, strict=True):
             log_end(outcome, status, duration)
             error = None if outcome.ok or outcome.error is None else outcome.error["type"]
-            reports.append(Report(seq, None if status is None else str(status), duration, error))
+            reports.append((seq, None if status is None else str(status), duration, error))
         self._send(reports)
 
     def _record(self, outcomes: Sequence[Outcome]) -> list[Status | None]:
@@ -216,16 +403,19 @@ class Worker:
             return
         self._send(
             [
-                Report(seq, RELEASED if ok else None, 0.0, None)
+                (seq, RELEASED if ok else None, 0.0, None)
                 for (seq, _, _), ok in zip(pending, released, strict=True)
             ]
         )
 
-    def _send(self, reports: list[Report]) -> None:
+    def _send(self, messages: Sequence[tuple[Any, ...]]) -> bool:
+        """Send ``Claimed`` and ``Report`` fields as plain tuples (a named tuple pickles as a
+        class reference and costs several times more); the parent tells them apart by length."""
         try:
-            self.conn.send(reports)
+            self.conn.send(messages)
         except OSError:
-            pass  # the parent is gone; the loop notices at the next receive
+            return False  # the parent is gone; the loop notices at the next receive
+        return True
 
 
 def log_end(outcome: Outcome, status: Status | str | None, duration: float) -> None:
@@ -265,6 +455,7 @@ def child_main(
     *,
     lease_seconds: float,
     name: str,
+    claim: ClaimPolicy | None = None,
 ) -> int:
     """Entry of a freshly forked worker: ignore stop signals, open the store, serve."""
     # Workers stay in the scheduler's process group (Ctrl-C and `kill -- -PGID` reach them) but
@@ -273,7 +464,9 @@ def child_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the pool around fork
     try:
-        worker = Worker(conn, slot, store_url, registry, lease_seconds=lease_seconds, name=name)
+        worker = Worker(
+            conn, slot, store_url, registry, lease_seconds=lease_seconds, name=name, claim=claim
+        )
     except StoreUnavailable as exc:
         logger.error("%s cannot open its store: %s", name, exc)
         return 3

@@ -1,8 +1,12 @@
-"""Scheduler.tick(now) stepped with an injected clock, over a real pool and a real SQLite file."""
+"""Scheduler and claiming workers over a real pool and a real SQLite file.
+
+The workers claim with the system clock; the scheduler's clock is injected (it starts at the
+system time, and the lease tests step it).
+"""
 
 import json
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -11,16 +15,16 @@ from party.model import Status, Task
 from party.pool import WorkerPool
 from party.queue import TaskQueue
 from party.scheduler import Scheduler
-from party.scheduler.loop import CLAIM_AHEAD
 from party.stores.sqlite import SqliteStore
 from party.timestamps import system_now
+from party.worker import ClaimPolicy
 
 LEASE = 30
 
 
 class Clock:
     def __init__(self):
-        self.now = datetime(2030, 1, 1, 12, 0, 0)
+        self.now = system_now()
 
     def __call__(self):
         return self.now
@@ -31,15 +35,16 @@ class Clock:
 
 
 class FlakyStore(SqliteStore):
-    """A SQLite store that fails its next ``failures`` claims, as a store that went away would."""
+    """A SQLite store whose next ``failures`` looks for expired leases fail, as a store that went
+    away would (the scheduler's first store call of a pass)."""
 
     failures = 0
 
-    def claim(self, *args, **kwargs):
+    def expired(self, *args, **kwargs):
         if self.failures:
             self.failures -= 1
             raise StoreUnavailable("store went away (test)")
-        return super().claim(*args, **kwargs)
+        return super().expired(*args, **kwargs)
 
 
 @pytest.fixture
@@ -51,8 +56,9 @@ def env(tmp_path, registry):
     queue = TaskQueue(store, registry, lease_seconds=LEASE, clock=clock)
     pools = []
 
-    def make_scheduler(workers=1, **kwargs):
-        pool = WorkerPool(workers, f"sqlite:///{path}", registry, lease_seconds=LEASE)
+    def make_scheduler(workers=1, max_depth=128, **kwargs):
+        policy = ClaimPolicy(poll_interval=0.05, max_depth=max_depth)
+        pool = WorkerPool(workers, f"sqlite:///{path}", registry, lease_seconds=LEASE, claim=policy)
         pool.start()
         pool.attach_queue(queue)
         pools.append(pool)
@@ -80,73 +86,78 @@ def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def wait_for_lines(path, n, timeout=5.0):
+def wait_for(predicate, timeout=5.0):
     deadline = time.monotonic() + timeout
-    while len(lines(path)) < n:
-        assert time.monotonic() < deadline, f"fewer than {n} lines in {path}"
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
 
 
-def test_tick_claims_one_task_per_free_worker_in_queue_order(env):
+def wait_for_lines(path, n, timeout=5.0):
+    wait_for(lambda: len(lines(path)) >= n, timeout)
+
+
+def test_a_worker_claims_and_runs_due_tasks_in_queue_order(env, tmp_path):
     queue, clock, make_scheduler = env
-    now = clock.now
+    log = tmp_path / "log"
+    now = system_now()
     late, early = queue.add(
         [
-            {"party": "Note", "timestamp": now - timedelta(seconds=1)},
-            {"party": "Note", "timestamp": now - timedelta(seconds=5)},
+            {"party": "Note", "timestamp": now - timedelta(seconds=1), "data": {"log": str(log)}},
+            {"party": "Note", "timestamp": now - timedelta(seconds=5), "data": {"log": str(log)}},
         ]
     )
     scheduler = make_scheduler(workers=1)
-    claimed = []
-    while len(claimed) < 2:
-        tick = scheduler.tick()
-        assert len(tick.claimed) <= 1
-        claimed.extend(t.id for t in tick.claimed)
-        scheduler.pool.wait(0.05)
-    assert claimed == [early.id, late.id]
+    settle(scheduler, 2)
+    assert [line["id"] for line in lines(log)] == [early.id, late.id]
 
 
-def test_task_is_claimed_at_most_claim_ahead_early_and_held_until_its_time(env, tmp_path):
+def test_task_claimed_ahead_of_its_time_never_starts_before_it(env, tmp_path):
     queue, clock, make_scheduler = env
     log = tmp_path / "log"
-    due = clock.now + timedelta(seconds=2)
+    scheduler = make_scheduler(workers=2)
+    due = system_now() + timedelta(seconds=0.5)
     (task,) = queue.add([{"party": "Note", "timestamp": due, "data": {"log": str(log)}}])
-    scheduler = make_scheduler()
-    assert scheduler.tick().claimed == []
-    clock.advance(2 - CLAIM_AHEAD - 0.001)
-    assert scheduler.tick().claimed == []
-    clock.advance(0.001)
-    handed_at = system_now()
-    assert [t.id for t in scheduler.tick().claimed] == [task.id]
-    wait_for_lines(log, 1)
+    settle(scheduler, 1)
     (line,) = lines(log)
-    # The worker holds it for the CLAIM_AHEAD still to go on the scheduler's clock.
-    assert datetime.fromisoformat(line["at"]) >= handed_at + timedelta(seconds=CLAIM_AHEAD)
+    assert line["id"] == task.id
+    started = queue.get(task.id).started_on
+    assert due <= started < due + timedelta(seconds=1)
 
 
-def test_sleep_ends_when_the_next_task_is_due(env):
+def test_idle_workers_wake_for_the_next_task_not_the_poll_interval(env, tmp_path):
     queue, clock, make_scheduler = env
-    queue.add([{"party": "Note", "timestamp": clock.now + timedelta(seconds=0.02)}])
-    scheduler = make_scheduler(poll_interval=10)
-    tick = scheduler.tick()
-    assert 0 < scheduler._sleep_for(tick) <= 0.02
+    path = queue.store.path
+    pool = WorkerPool(
+        1, f"sqlite:///{path}", queue.registry, lease_seconds=LEASE,
+        claim=ClaimPolicy(poll_interval=30),
+    )  # fmt: skip
+    pool.start()
+    try:
+        time.sleep(0.2)  # asleep towards the poll interval, nothing queued
+        due = system_now() + timedelta(seconds=0.3)
+        (task,) = queue.add([{"party": "Note", "timestamp": due}])
+        wait_for(lambda: queue.get(task.id).status == Status.COMPLETED, timeout=5)
+        assert queue.get(task.id).started_on < due + timedelta(seconds=2)
+    finally:
+        pool.kill()
 
 
 def test_prefetch_grows_only_under_a_backlog_and_stays_bounded(env):
     queue, clock, make_scheduler = env
     queue.add([{"party": "Sleepy", "data": {"seconds": 0}} for _ in range(200)])
     scheduler = make_scheduler(workers=2, max_depth=4)
-    sizes = []
+    held = []
     finished = []
-    while sum(sizes) < 200:
-        scheduler.pool.wait(0.05)
-        tick = scheduler.tick()
-        sizes.append(len(tick.claimed))
-        finished.extend(tick.finished)
+    deadline = time.monotonic() + 20
+    while len(finished) < 200:
+        assert time.monotonic() < deadline
+        scheduler.pool.wait(0.01)
+        finished.extend(scheduler.tick().finished)
         # Runs finished but not yet reported do not count: only the prefetch is bounded.
-        assert scheduler.pool.held <= 2 * 4
-    assert sizes[0] == 2 and max(sizes) > 2
-    settle(scheduler, 200 - len(finished))
+        held.append(scheduler.pool.held)
+        assert held[-1] <= 2 * 4
+    assert max(held) > 2
     assert queue.stats()["statuses"]["completed"] == 200
 
 
@@ -155,42 +166,41 @@ def test_long_tasks_get_no_prefetch(env):
     queue.add([{"party": "Sleepy", "data": {"seconds": 0.1}} for _ in range(6)])
     scheduler = make_scheduler(workers=1, max_depth=16)
     finished = []
+    deadline = time.monotonic() + 20
     while len(finished) < 6:
-        scheduler.pool.wait(0.05)
-        tick = scheduler.tick()
-        finished.extend(tick.finished)
-        # Before the first run ends the scheduler cannot know the tasks are long, so it may have
-        # prefetched a few; once it knows, it claims only for an idle worker, one task at a time.
-        # (A run finished but not yet reported does not count: the worker is free.)
-        if finished and tick.claimed:
-            assert len(tick.claimed) == 1 and scheduler.pool.held <= 1
+        assert time.monotonic() < deadline
+        scheduler.pool.wait(0.01)
+        finished.extend(scheduler.tick().finished)
+        # Before its first run ends a worker cannot know the tasks are long, so it may have
+        # prefetched one; once it knows, it claims one task at a time.
+        if len(finished) >= 2:
+            assert scheduler.pool.held <= 1
 
 
 def test_leases_of_running_tasks_are_renewed_before_they_expire(env, tmp_path):
     queue, clock, make_scheduler = env
-    log = tmp_path / "log"
-    (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 2, "log": str(log)}}])
+    (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 5}}])
     scheduler = make_scheduler()
-    scheduler.tick()
+    wait_for(lambda: scheduler.tick() and scheduler.pool.running())
     first = queue.get(task.id).lease_expires
-    assert first == clock.now + timedelta(seconds=LEASE)
     clock.advance(LEASE / 3)
     assert scheduler.tick().renewed == 1
-    assert queue.get(task.id).lease_expires == clock.now + timedelta(seconds=LEASE)
+    renewed = queue.get(task.id).lease_expires
+    assert renewed == clock.now + timedelta(seconds=LEASE) and renewed > first
 
 
 def test_expired_lease_of_another_scheduler_is_recovered_with_its_attempt_spent(env):
     queue, clock, make_scheduler = env
-    (task,) = queue.add([{"party": "Note"}])
-    (claimed,) = queue.claim(1)  # a scheduler that then crashed
+    long_ago = system_now() - timedelta(seconds=LEASE + 5)
+    (task,) = queue.add([{"party": "Note", "timestamp": long_ago}])
+    crashed = TaskQueue(queue.store, queue.registry, lease_seconds=LEASE,
+                        clock=lambda: system_now() - timedelta(seconds=LEASE + 1))  # fmt: skip
+    (claimed,) = crashed.claim(1)  # a scheduler that then crashed; its lease is over
     scheduler = make_scheduler()
-    assert scheduler.tick().recovered == 0
-    clock.advance(LEASE + 1)
-    tick = scheduler.tick()
-    assert tick.recovered == 1 and [t.id for t in tick.claimed] == [task.id]
-    assert tick.claimed[0].attempts == 2
+    assert scheduler.tick().recovered == 1
     (done,) = settle(scheduler, 1)
     assert done.status == Status.COMPLETED
+    assert queue.get(task.id).attempts == 2
 
 
 def test_run_until_idle_drains_every_due_task(env):
@@ -229,9 +239,7 @@ def test_graceful_stop_hands_back_unfinished_tasks_without_spending_an_attempt(e
     log = tmp_path / "log"
     tasks = queue.add([{"party": "Sleepy", "data": {"seconds": 30, "log": str(log)}}] * 3)
     scheduler = make_scheduler(workers=1, grace=0.3, max_depth=4)
-    for _ in range(3):
-        scheduler.tick()  # the first claims one; under the backlog the rest are prefetched
-    wait_for_lines(log, 1)
+    wait_for_lines(log, 1)  # the worker claimed and started one; it may hold more
     scheduler.stop_requested = True
     start = time.monotonic()
     assert scheduler.run() == 0
@@ -246,7 +254,6 @@ def test_running_task_that_finishes_within_the_grace_period_is_recorded(env, tmp
     log = tmp_path / "log"
     (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 0.3, "log": str(log)}}])
     scheduler = make_scheduler(grace=10)
-    scheduler.tick()
     wait_for_lines(log, 1)
     scheduler.stop_requested = True
     assert scheduler.run() == 0
@@ -257,7 +264,7 @@ def test_abort_kills_workers_at_once_and_leaves_leases_to_recovery(env):
     queue, clock, make_scheduler = env
     (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 30}}])
     scheduler = make_scheduler()
-    scheduler.tick()
+    wait_for(lambda: queue.get(task.id).status == Status.RUNNING)
     scheduler.abort_requested = True
     assert scheduler.run() == 1
     stored = queue.get(task.id)

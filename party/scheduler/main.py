@@ -24,6 +24,7 @@ from ..pool import WorkerPool
 from ..queue import TaskQueue
 from ..registry import discover
 from ..stores import load_backend
+from ..worker import ClaimPolicy
 from .loop import Scheduler
 
 logger = logging.getLogger(SCHEDULER)
@@ -62,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2
-    pool = WorkerPool(settings.workers, settings.store, registry, lease_seconds=settings.lease)
+    pool = WorkerPool(
+        settings.workers,
+        settings.store,
+        registry,
+        lease_seconds=settings.lease,
+        claim=ClaimPolicy(poll_interval=settings.poll_interval),
+    )
     pool.start()
     try:
         store = backend.from_url(settings.store)
