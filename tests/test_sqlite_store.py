@@ -110,3 +110,42 @@ def test_two_connections_see_each_others_writes(sqlite_path, registry):
     (task,) = a.add([{"party": "Noop"}])
     assert [t.id for t in b.claim(5)] == [task.id]
     assert a.claim(5) == []
+
+
+def _fresh_tasks(n, start):
+    from party.model import Task, new_id
+
+    now = datetime(2030, 1, 1)
+    return [
+        Task(id=new_id(), party="Noop", data={"n": start + i}, timestamp=now, created=now,
+             run_at=now)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_commits_leave_the_checkpoint_to_maintain(sqlite_path):
+    store = SqliteStore(sqlite_path)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    size = sqlite_path.stat().st_size
+    # Enough transactions to cross SQLite's default automatic checkpoint (1,000 pages of log)
+    # several times over: none of them copies the log into the database file.
+    for batch in range(400):
+        store.insert_many(_fresh_tasks(10, batch * 10))
+    assert sqlite_path.stat().st_size == size
+    store._checkpointed = 0.0  # as if the last one were long ago
+    store.maintain()
+    assert sqlite_path.stat().st_size > size
+    store.close()
+
+
+def test_a_connection_checkpoints_itself_when_nothing_maintains_the_store(sqlite_path, monkeypatch):
+    import party.stores.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 50)
+    store = SqliteStore(sqlite_path)
+    size = sqlite_path.stat().st_size
+    for batch in range(60):
+        store.insert_many(_fresh_tasks(10, batch * 10))
+    assert sqlite_path.stat().st_size > size
+    assert store._writes == 10
+    store.close()

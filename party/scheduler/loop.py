@@ -88,6 +88,7 @@ class Scheduler:
         """
         now = now or self.clock()
         tick = Tick(finished=self.pool.poll())
+        self.queue.store.maintain()
         if self._next_renew is None or now >= self._next_renew:
             self._renew(now, tick)
             self._next_renew = now + self.renew_every

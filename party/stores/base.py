@@ -109,6 +109,11 @@ class Store(ABC):
         """Wake the listeners after a task was queued. Stores call it themselves after such a
         commit; it never raises and costs a few microseconds."""
 
+    def maintain(self) -> None:  # noqa: B027 - optional hook
+        """Housekeeping a long-running process (the scheduler) calls now and then, so that it
+        happens off the path of adds and runs. Cheap when there is nothing to do; never raises
+        for a store that stopped answering (the next call tries again)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is not used afterwards."""
 
