@@ -44,7 +44,7 @@ from .registry import Registry
 from .runner import run_task
 from .stores import open_store
 from .stores.wakeup import Listener
-from .timestamps import system_now
+from .timestamps import system_now, to_micros
 
 logger = logging.getLogger(__name__)
 
@@ -267,13 +267,13 @@ class Worker:
             self._backoff = 0.0
         self._starved = len(tasks) < room
         if tasks:
-            wall = time.time()
             items = []
             for task in tasks:
                 self._seq += 1
                 due = task.run_at if task.run_at > task.timestamp else task.timestamp
-                early = (due - now).total_seconds() if due > now else 0.0
-                self.pending.append((self._seq, task, wall + early if early > 0 else None))
+                # Claimed ahead of its time: held until then, on the wall clock (epoch seconds).
+                not_before = to_micros(due) / 1_000_000 if due > now else None
+                self.pending.append((self._seq, task, not_before))
                 items.append((self._seq, task.id, task.party, task.attempts, task.lease))
             if not self._send(items):
                 return False
