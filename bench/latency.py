@@ -8,9 +8,11 @@ store, warms them up with two tasks, then:
 - scheduled: 300 tasks due at whole-microsecond times spread over 10 s, each added by its own POST
   3 s ahead; lateness = start of ``run()`` minus the due time (negative = started early).
 
-``--quick`` uses 60 tasks and a 3 s spread. After the runs, the idle CPU of a server and a
-scheduler with its 2 workers (every process of both trees, from ``/proc/<pid>/stat``) is read over
-30 s in three 10 s windows (quick: one of 5 s), as % of one core.
+Each run also times the floor under the immediate figure: the same POST, one every 33 ms, to the
+bare Tornado handler of ``bench/bare_tornado.py`` (parse the JSON, answer; no store, no task), as
+a round trip. ``--quick`` uses 60 tasks and a 3 s spread. After the runs, the idle CPU of a server
+and a scheduler with its 2 workers (every process of both trees, from ``/proc/<pid>/stat``) is read
+over 30 s in three 10 s windows (quick: one of 5 s), as % of one core.
 """
 
 from __future__ import annotations
@@ -106,6 +108,27 @@ def scheduled(address: str, stamp: Path, n: int, spread: float = SPREAD) -> dict
     return _summary(read_stamps(stamp), n)
 
 
+def bare_round_trip(address: str, stamp: Path, n: int) -> dict[str, Any]:
+    """``n`` POSTs of the immediate workload's body to the bare Tornado handler, one every 33 ms;
+    round-trip percentiles in ms (what HTTP through Tornado alone costs at this pace)."""
+    conn = harness.connect(address)
+    for i in (-1, -2):  # warm-up, as for Party
+        _post(conn, _task(i, time.time(), stamp))
+    trips = []
+    first = time.monotonic() + 0.05
+    for i in range(n):
+        delay = first + i * INTERVAL - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        before = time.perf_counter()
+        _post(conn, _task(i, time.time(), stamp))
+        trips.append((time.perf_counter() - before) * 1000.0)
+    conn.close()
+    summary = {f"{k}_ms": v for k, v in harness.percentiles(trips).items()}
+    summary.update(n=n, received=n)
+    return summary
+
+
 def _summary(stamps: dict[int, tuple[float, float]], n: int) -> dict[str, Any]:
     late = [(start - due) * 1000.0 for due, start in stamps.values()]
     summary = {f"{k}_ms": v for k, v in harness.percentiles(late).items()}
@@ -143,7 +166,7 @@ def idle_cpu(server: harness.Proc, scheduler: harness.Proc, windows: tuple[float
 def run(quick: bool, runs: int) -> dict[str, Any]:
     """``runs`` runs of both workloads, each on a fresh server and scheduler; then idle CPU."""
     n = QUICK_N if quick else N
-    results: dict[str, list[dict[str, Any]]] = {"immediate": [], "scheduled": []}
+    results: dict[str, list[dict[str, Any]]] = {"immediate": [], "scheduled": [], "bare": []}
     idle: list[dict[str, Any]] = []
     for k in range(runs):
         with harness.workdir() as tmp:
@@ -174,14 +197,27 @@ def run(quick: bool, runs: int) -> dict[str, Any]:
             finally:
                 server.stop()
                 scheduler.stop()
+            bare = harness.start_bare(tmp)
+            try:
+                outcome = bare_round_trip(bare.address, tmp / "stamps-bare", n)
+            finally:
+                bare.stop()
+            results["bare"].append(outcome)
+            harness.progress(
+                f"latency run {k + 1}/{runs} bare Tornado round trip: p50 "
+                f"{outcome['p50_ms']:.2f} ms, p99 {outcome['p99_ms']:.2f} ms"
+            )
     figures = []
     errors = []
+    labels = {"immediate": "latency", "scheduled": "lateness", "bare": "Tornado POST round trip"}
     for name, outcomes in results.items():
-        label = "latency" if name == "immediate" else "lateness"
+        label = labels[name]
         for q in ("p50", "p95", "p99", "max", "min"):
             target = None
             higher = False
-            if q == "p99":
+            if name == "bare":
+                pass  # the floor: no target of its own
+            elif q == "p99":
                 target = P99_TARGET_MS
             elif q == "min" and name == "scheduled":
                 target, higher = 0.0, True
