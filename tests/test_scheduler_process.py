@@ -283,7 +283,7 @@ def test_task_added_for_now_runs_at_once_while_the_scheduler_sleeps_towards_a_la
 
 
 def test_without_the_wake_up_channel_polling_still_runs_the_task(sched):
-    # Short, so the socket path fits in sun_path (a long TMPDIR also just means polling).
+    # A folder of its own: the workers listen where no sender of this store writes.
     other_tmp = Path(tempfile.mkdtemp(prefix="pw-", dir="/tmp"))
     # The scheduler listens in another temporary folder: no notification can reach it.
     sched.start(poll=2, env={"TMPDIR": str(other_tmp)})

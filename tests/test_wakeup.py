@@ -3,6 +3,7 @@
 import os
 import select
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,22 @@ def test_a_socket_path_too_long_to_bind_is_a_clear_error(tmp_path):
     deep = tmp_path / ("d" * 120)
     with pytest.raises(OSError):
         Listener(deep)
+
+
+def test_a_temporary_directory_too_long_for_socket_paths_falls_back_to_tmp(monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", "/" + "long-tmpdir-name/" * 8)
+    folder = channel_dir("sqlite:/srv/party.db")
+    assert folder.parent == Path("/tmp") and folder.name.startswith("party-wake-")
+    listener = Listener(folder)  # binds: the path fits
+    notifier = Notifier(folder)
+    try:
+        assert notifier.notify() == 1
+        assert readable(listener)
+    finally:
+        listener.close()
+        notifier.close()
 
 
 def test_notify_without_any_listener_is_harmless(tmp_path):

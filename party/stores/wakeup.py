@@ -27,10 +27,21 @@ logger = logging.getLogger(__name__)
 _DIGEST_CHARS = 16
 
 
+#: Longest folder path that leaves room for a socket's name within sun_path (108 bytes).
+_MAX_DIR_BYTES = 80
+
+
 def channel_dir(identity: str) -> Path:
-    """The folder of wake-up sockets shared by every process using the store ``identity``."""
+    """The folder of wake-up sockets shared by every process using the store ``identity``.
+
+    It lives in the temporary directory, or in ``/tmp`` when that directory's path is too long
+    for a socket path (every process of one machine derives the same folder either way).
+    """
     digest = hashlib.sha1(identity.encode()).hexdigest()[:_DIGEST_CHARS]
-    return Path(tempfile.gettempdir()) / f"party-wake-{digest}"
+    folder = Path(tempfile.gettempdir()) / f"party-wake-{digest}"
+    if len(os.fsencode(folder)) > _MAX_DIR_BYTES:
+        folder = Path("/tmp") / f"party-wake-{digest}"
+    return folder
 
 
 class Listener:
