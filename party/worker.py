@@ -252,11 +252,15 @@ class Worker:
         room = self._depth - len(self.pending)
         if room <= 0:
             return True
-        self.flush()  # what ran is recorded (and reported) before more is taken
+        # What ran is recorded before more is taken; its reports go with the claim's, in one
+        # message: each message wakes the parent, which then competes with the workers for a CPU.
+        messages = self.flush(send=False)
         now = system_now()
         try:
             tasks = self.queue.claim(room, now=now, ahead=CLAIM_AHEAD)
         except StoreUnavailable as exc:
+            if messages and not self._send(messages):
+                return False
             self._backoff = min(max(self._backoff * 2, 0.1), MAX_BACKOFF)
             logger.warning("%s: store unavailable, retrying in %.1f s: %s", self.name,
                            self._backoff, exc)  # fmt: skip
@@ -267,16 +271,15 @@ class Worker:
             self._backoff = 0.0
         self._starved = len(tasks) < room
         if tasks:
-            items = []
             for task in tasks:
                 self._seq += 1
                 due = task.run_at if task.run_at > task.timestamp else task.timestamp
                 # Claimed ahead of its time: held until then, on the wall clock (epoch seconds).
                 not_before = to_micros(due) / 1_000_000 if due > now else None
                 self.pending.append((self._seq, task, not_before))
-                items.append((self._seq, task.id, task.party, task.attempts, task.lease))
-            if not self._send(items):
-                return False
+                messages.append((self._seq, task.id, task.party, task.attempts, task.lease))
+        if messages and not self._send(messages):
+            return False
         # Deeper only while the queue has more due tasks than this worker takes, and never more
         # than about PREFETCH_SECONDS of work.
         if len(tasks) == room:
@@ -356,10 +359,11 @@ class Worker:
             self.first_done = time.monotonic()
         self.done.append((seq, outcome, duration))
 
-    def flush(self) -> None:
-        """Record finished outcomes in one store batch and report them to the parent."""
+    def flush(self, *, send: bool = True) -> list[tuple[Any, ...]]:
+        """Record finished outcomes in one store batch and report them to the parent (or, with
+        ``send=False``, return the reports for the caller to send with its own message)."""
         if not self.done:
-            return
+            return []
         done, self.done = self.done, []
         statuses = self._record([outcome for _, outcome, _ in done])
         reports = []
@@ -367,7 +371,10 @@ class Worker:
             log_end(outcome, status, duration)
             error = None if outcome.ok or outcome.error is None else outcome.error["type"]
             reports.append((seq, None if status is None else str(status), duration, error))
-        self._send(reports)
+        if send:
+            self._send(reports)
+            return []
+        return reports
 
     def _record(self, outcomes: Sequence[Outcome]) -> list[Status | None]:
         # A store that stops answering is retried for about one lease: beyond that the parent has
