@@ -400,6 +400,22 @@ def test_requests_without_the_right_token_get_401(token_server, headers, words):
         assert total(con) == before
 
 
+def test_a_401_names_the_bearer_scheme_in_www_authenticate(token_server):
+    for method, path, body in [
+        ("GET", "/stats", b""),
+        ("POST", "/tasks", json.dumps({"tasks": [GOOD]}).encode()),
+    ]:
+        conn = http.client.HTTPConnection(token_server.host, token_server.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers={"Authorization": "Bearer wrong"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 401, (method, path)
+            assert response.getheader("WWW-Authenticate") == 'Bearer realm="party"', (method, path)
+        finally:
+            conn.close()
+
+
 def test_the_right_token_is_let_in(token_server):
     with token_server.client(token=TOKEN) as con:
         task = con.add("Noop")

@@ -70,10 +70,18 @@ class Context:
 class ApiError(HTTPError):
     """An HTTP error with the message the client sees (and, for a batch, the item's index)."""
 
-    def __init__(self, status: int, message: str, *, index: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        index: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(status)
         self.message = message
         self.index = index
+        self.headers = headers or {}
 
 
 @stream_request_body
@@ -117,8 +125,7 @@ class JSONHandler(RequestHandler):
             self._size = int(declared)
 
     def _unauthorized(self, message: str) -> None:
-        self.set_header("WWW-Authenticate", 'Bearer realm="party"')
-        raise ApiError(401, message)
+        raise ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="party"'})
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:
@@ -154,6 +161,10 @@ class JSONHandler(RequestHandler):
         status, body = _error_response(self, exc, status_code)
         if status != status_code:
             self.set_status(status)
+        if isinstance(exc, ApiError):
+            # Set here: send_error clears every header set before the error was raised.
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         self.error_message = body["error"]
         self.finish(wire.dumps(body))
 
