@@ -191,7 +191,7 @@ class Worker:
                 continue
             seq, task, not_before = self.pending.popleft()
             if not_before is not None:
-                # Claimed a few ms ahead of its time (see Scheduler): start it on the dot.
+                # Handed over ahead of its time (submit with now=): start it on the dot.
                 delay = not_before - time.time()
                 if delay > 0:
                     time.sleep(delay)
