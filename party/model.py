@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from .timestamps import from_micros, to_micros
 
@@ -163,6 +163,20 @@ def task_from_micros(
         None if lease_expires is None else from_micros(lease_expires),
         singleton,
     )  # fmt: skip
+
+
+class Leased(Protocol):
+    """A claimed task as far as its fenced writes need it: a ``Task``, or what a worker that
+    claimed it told its parent (``worker.Claimed``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def lease(self) -> str | None: ...
+
+    @property
+    def attempts(self) -> int: ...
 
 
 @dataclass

@@ -18,7 +18,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import Conflict, NotFound, TaskException, ValidationError
-from .model import NewTask, Outcome, Status, Task, Write, is_valid_id, new_id, singleton_key
+from .model import (
+    Leased,
+    NewTask,
+    Outcome,
+    Status,
+    Task,
+    Write,
+    is_valid_id,
+    new_id,
+    singleton_key,
+)
 from .registry import Registry
 from .stores.base import OrderKey, Store
 from .timestamps import format_timestamp, parse_timestamp, system_now
@@ -328,7 +338,7 @@ class TaskQueue:
                           error=error, permanent=permanent)  # fmt: skip
         return self.record([outcome])[0]
 
-    def release(self, tasks: Sequence[Task]) -> list[bool]:
+    def release(self, tasks: Sequence[Leased]) -> list[bool]:
         """Hand claimed tasks back to the queue without spending their attempt (shutdown)."""
         writes = [
             Write(
@@ -341,7 +351,7 @@ class TaskQueue:
         ]
         return self.store.write_many(writes)
 
-    def renew(self, tasks: Sequence[Task], *, now: datetime | None = None) -> list[bool]:
+    def renew(self, tasks: Sequence[Leased], *, now: datetime | None = None) -> list[bool]:
         """Extend the leases of running tasks; False where the lease was already lost."""
         expires = (now or self.clock()) + self.lease
         writes = [Write(t.id, {"lease_expires": expires}, lease=t.lease) for t in tasks]
