@@ -189,13 +189,7 @@ class Worker:
             if read_slot(self.slot)[2]:
                 self.hand_back()
                 continue
-            seq, task, not_before = self.pending.popleft()
-            if not_before is not None:
-                # Handed over ahead of its time (submit with now=): start it on the dot.
-                delay = not_before - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-            self._run(seq, task)
+            self._run_next()
             if (
                 len(self.done) > len(self.pending)
                 or time.monotonic() - self.first_done > FLUSH_AFTER
@@ -223,12 +217,7 @@ class Worker:
                     if not self._idle(policy, listener, stopping):
                         return 0
                     continue
-                seq, task, not_before = self.pending.popleft()
-                if not_before is not None:
-                    delay = not_before - time.time()
-                    if delay > 0:
-                        time.sleep(delay)
-                self._run(seq, task)
+                self._run_next()
                 mean = self._mean_duration or self.done[-1][2]
                 self._mean_duration = mean + 0.1 * (self.done[-1][2] - mean)
         finally:
@@ -346,6 +335,16 @@ class Worker:
             return False
         self.pending.extend(batch)
         return True
+
+    def _run_next(self) -> None:
+        """Run the next held task, not before its ``not_before`` (a task claimed or handed over a
+        few milliseconds ahead of its time starts on the dot)."""
+        seq, task, not_before = self.pending.popleft()
+        if not_before is not None:
+            delay = not_before - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        self._run(seq, task)
 
     def _run(self, seq: int, task: Task) -> None:
         started = time.monotonic()
