@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -78,14 +79,20 @@ def _post(conn: Any, body: bytes) -> None:
         raise RuntimeError(f"POST /tasks answered {status}: {answer[:200]!r}")
 
 
-def immediate(address: str, stamp: Path, n: int) -> dict[str, Any]:
-    """``n`` tasks for now, one every 33 ms; latency percentiles in ms."""
-    conn = harness.connect(address)
+def paced(n: int) -> Iterator[int]:
+    """``0 .. n-1``, each yielded on its slot of one every ``INTERVAL`` seconds."""
     first = time.monotonic() + 0.05
     for i in range(n):
         delay = first + i * INTERVAL - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        yield i
+
+
+def immediate(address: str, stamp: Path, n: int) -> dict[str, Any]:
+    """``n`` tasks for now, one every 33 ms; latency percentiles in ms."""
+    conn = harness.connect(address)
+    for i in paced(n):
         before = time.time()
         _post(conn, _task(i, before, stamp))
     conn.close()
@@ -115,11 +122,7 @@ def bare_round_trip(address: str, stamp: Path, n: int) -> dict[str, Any]:
     for i in (-1, -2):  # warm-up, as for Party
         _post(conn, _task(i, time.time(), stamp))
     trips = []
-    first = time.monotonic() + 0.05
-    for i in range(n):
-        delay = first + i * INTERVAL - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    for i in paced(n):
         before = time.perf_counter()
         _post(conn, _task(i, time.time(), stamp))
         trips.append((time.perf_counter() - before) * 1000.0)
