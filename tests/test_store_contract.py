@@ -189,3 +189,11 @@ def test_timestamps_are_never_rounded_down(store):
     assert stored.timestamp >= fine and stored.run_at >= fine
     assert store.get(stored.id).timestamp == stored.timestamp
     assert (stored.timestamp - fine) < timedelta(microseconds=store.precision_micros)
+
+
+def test_check_writable_returns_on_a_healthy_store_and_leaves_the_tasks_alone(store):
+    store.insert_many([make()])
+    before = store.stats(T0)
+    store.check_writable()
+    store.check_writable()
+    assert store.stats(T0) == before

@@ -99,6 +99,17 @@ class Store(ABC):
     def ping(self) -> None:
         """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
 
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Return when the store can take a write right now; else raise ``StoreUnavailable``
+        whose message says why for a person (read-only, full, corrupt, unreachable, or the write
+        lock not had within about a second).
+
+        It commits a tiny write of its own (never a task), so it proves more than ``ping``; it
+        gives up after about a second, and costs about one small commit: a caller polling it
+        (``GET /health``) caches the answer for about a second.
+        """
+
     def listen(self) -> Listener | None:
         """A wake-up listener for a scheduler: its ``fileno()`` becomes readable when a task was
         queued (added, re-queued, retried or handed back) by any process; None when this store

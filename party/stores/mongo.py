@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, MongoClient, ReturnDocument, WriteConcern
 from pymongo.collection import Collection
@@ -52,6 +53,8 @@ ORDER = [
 _ROUND_UP = ("timestamp", "run_at")
 _TRUNCATE = ("created", "last_run_on", "started_on", "completed_on", "lease_expires")
 _CLAIM_RETRIES = 3
+#: Seconds ``check_writable`` gives its write, server selection included.
+WRITABLE_WAIT = 1.0
 
 
 def _truncate_to_millis(value: datetime) -> datetime:
@@ -338,6 +341,20 @@ class MongoStore(Store):
     def ping(self) -> None:
         with _guard():
             self._tasks.database.command("ping")
+
+    def check_writable(self) -> None:
+        """Upsert one document of the ``<collection>.health`` collection with the write concern
+        of the tasks (majority), within ``WRITABLE_WAIT``."""
+        health = self._tasks.database.get_collection(
+            self._tasks.name + ".health", write_concern=self._tasks.write_concern
+        )
+        try:
+            with pymongo.timeout(WRITABLE_WAIT):
+                health.update_one(
+                    {"_id": "health"}, {"$currentDate": {"checked": True}}, upsert=True
+                )
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB cannot take a write on {self}: {exc}") from exc
 
     def listen(self) -> Listener | ChangeStreamListener:
         """A change stream where the deployment has one (a replica set: it reaches schedulers on

@@ -74,6 +74,8 @@ DROP INDEX IF EXISTS tasks_lease;
 DROP INDEX IF EXISTS tasks_singleton;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_live_singleton ON tasks (singleton)
     WHERE singleton IS NOT NULL;
+-- One row that check_writable rewrites: the proof that the store takes a write.
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY CHECK (id = 1), checked INTEGER);
 """
 
 COLUMNS = (
@@ -213,6 +215,25 @@ _MAX_BATCH_ROWS = 64
 CHECKPOINT_EVERY_WRITES = 1000
 #: Seconds between the checkpoints ``maintain`` runs.
 CHECKPOINT_INTERVAL = 0.2
+#: Seconds ``check_writable`` waits for the writers' lock before it calls the store unwritable.
+WRITABLE_WAIT = 1.0
+#: Free bytes below which the file system of the store counts as full.
+MIN_FREE_BYTES = 1 << 20
+
+_HEADER = b"SQLite format 3\x00"
+
+# What an SQLite error code means for a person, by its name's prefix (most specific first).
+_UNWRITABLE_REASONS = (
+    ("SQLITE_READONLY", "the store is read-only (a read-only file system or file)"),
+    ("SQLITE_FULL", "the disk is full"),
+    ("SQLITE_CORRUPT", "the database file is corrupt"),
+    ("SQLITE_NOTADB", "the file is not an SQLite database (corrupt?)"),
+    ("SQLITE_BUSY", "the write lock was not had within a second"),
+    ("SQLITE_LOCKED", "the write lock was not had within a second"),
+    ("SQLITE_IOERR", "an I/O error (the disk failed, is full or went read-only)"),
+    ("SQLITE_CANTOPEN", "the database file cannot be opened"),
+    ("SQLITE_PERM", "permission denied"),
+)
 
 
 def _shape(write: Write) -> _Shape:
@@ -340,6 +361,29 @@ def _apply(
         matched[indexes[0]] = db.execute(sql, params).rowcount == 1
 
 
+def _flock_until(fd: int, deadline: float) -> bool:
+    """Take the writers' lock, waiting until ``deadline`` (monotonic) at most."""
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
+
+
+def _unwritable_reason(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    for prefix, reason in _UNWRITABLE_REASONS:
+        if name.startswith(prefix):
+            return reason
+    return "SQLite refused the write"
+
+
 def _open_lock_file(path: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
     return fd
@@ -357,6 +401,7 @@ class SqliteStore(Store):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._busy_ms = int(busy_timeout * 1000)
         self._writer_fd = None if self.path == ":memory:" else _open_lock_file(self.path + ".lock")
         self._wake_dir = channel_dir("sqlite:" + os.path.realpath(self.path))
         self._notifier: Notifier | None = None
@@ -607,6 +652,69 @@ class SqliteStore(Store):
     def ping(self) -> None:
         with self._guard() as db:
             db.execute("SELECT 1").fetchone()
+
+    def check_writable(self) -> None:
+        """Commit a rewrite of the one ``health`` row, having waited at most ``WRITABLE_WAIT``
+        for the connection, the writers' lock and SQLite's own lock; also call the store full
+        when its file system has less than ``MIN_FREE_BYTES`` free (a commit can still fit in a
+        log file grown earlier)."""
+        deadline = time.monotonic() + WRITABLE_WAIT
+        where = f"SQLite store {self.path!r} cannot take a write"
+        if not self._lock.acquire(timeout=WRITABLE_WAIT):
+            raise StoreUnavailable(f"{where}: this process's connection is busy for over a second")
+        try:
+            self._check_file(where)
+            if self._writer_fd is not None and not _flock_until(self._writer_fd, deadline):
+                raise StoreUnavailable(
+                    f"{where}: the write lock was not had within a second (another process "
+                    "holds it: a stopped or stalled scheduler, worker or server?)"
+                )
+            try:
+                left = max(1, int((deadline - time.monotonic()) * 1000))
+                self._db.execute(f"PRAGMA busy_timeout = {left}")
+                try:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)",
+                        (time.time_ns() // 1000,),
+                    )
+                finally:
+                    self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreUnavailable(f"{where}: {_unwritable_reason(exc)} ({exc})") from exc
+            finally:
+                if self._writer_fd is not None:
+                    fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    def _check_file(self, where: str) -> None:
+        """Raise unless the file still starts with SQLite's header and its file system has room.
+
+        A connection works from pages it has cached and from the log, so it may not notice a file
+        overwritten under it; the header is the cheap check (a full ``quick_check`` reads every
+        page, far too slow for a health probe).
+        """
+        if self.path == ":memory:":
+            return
+        try:
+            with open(self.path, "rb") as file:
+                header = file.read(len(_HEADER))
+        except OSError as exc:
+            raise StoreUnavailable(f"{where}: {exc}") from exc
+        if header and header != _HEADER:
+            raise StoreUnavailable(f"{where}: the database file is corrupt (no SQLite header)")
+        try:
+            fs = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            raise StoreUnavailable(f"{where}: {exc}") from exc
+        if not fs.f_blocks:  # a file system that reports no sizes (some FUSE, network ones)
+            return
+        # root may fill the blocks reserved for it; others stop at f_bavail.
+        free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise StoreUnavailable(f"{where}: the disk is full ({free} bytes free)")
 
     def listen(self) -> Listener:
         return Listener(self._wake_dir)
