@@ -62,6 +62,7 @@ def test_store_made_with_the_full_singleton_index_is_migrated_on_open(sqlite_pat
     db = sqlite3.connect(sqlite_path)
     db.execute("DROP INDEX tasks_live_singleton")
     db.execute("CREATE UNIQUE INDEX tasks_singleton ON tasks (singleton)")
+    db.execute("PRAGMA user_version = 1")  # what such files carried
     db.commit()
     db.close()
     queue = TaskQueue(SqliteStore(sqlite_path), registry)

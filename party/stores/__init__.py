@@ -1,6 +1,7 @@
 """Stores: ``open_store(url)`` picks the backend from the URL scheme.
 
-``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` opens the embedded store;
+``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` opens the embedded store (with
+options after ``?``: ``synchronous=full`` by default, or ``normal``);
 ``mongodb://host:port/dbname`` (or ``mongodb+srv://``) the production one. A backend's module (for
 Mongo, pymongo with it) is imported only when its URL is opened, or ahead of time by
 ``load_backend(url)``.
@@ -19,8 +20,11 @@ ACCEPTED = "sqlite:///relative.db, sqlite:////absolute/path.db or mongodb://host
 def describe_store_url(url: str) -> str:
     """Check ``url`` without opening it; return the backend name or raise ConfigError."""
     if url.startswith("sqlite:///"):
-        if not url[len("sqlite:///") :]:
+        if not url[len("sqlite:///") :].partition("?")[0]:
             raise ConfigError(f"store URL {url!r} names no file; expected {ACCEPTED}")
+        from .sqlite import parse_url
+
+        parse_url(url)  # raises ConfigError for an option it does not know
         return "sqlite"
     if url.startswith(("mongodb://", "mongodb+srv://")):
         rest = url.split("://", 1)[1]

@@ -23,8 +23,9 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
 from ..model import Status, Task, Write, task_from_micros
 from ..timestamps import from_micros, to_micros
 from .base import (
@@ -38,7 +39,7 @@ from .wakeup import Listener, Notifier, channel_dir
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -215,6 +216,13 @@ _MAX_BATCH_ROWS = 64
 CHECKPOINT_EVERY_WRITES = 1000
 #: Seconds between the checkpoints ``maintain`` runs.
 CHECKPOINT_INTERVAL = 0.2
+#: Modes of PRAGMA synchronous a store URL may choose (``?synchronous=normal``).
+SYNCHRONOUS = ("full", "normal")
+#: The options of an ``sqlite:///`` URL and the values each accepts.
+URL_OPTIONS = {"synchronous": SYNCHRONOUS}
+#: Mode of the files of a store (the database, its -wal and -shm, the lock file), less the
+#: umask: never readable by other users.
+FILE_MODE = 0o660
 #: Seconds ``check_writable`` waits for the writers' lock before it calls the store unwritable.
 WRITABLE_WAIT = 1.0
 #: Free bytes below which the file system of the store counts as full.
@@ -385,8 +393,55 @@ def _unwritable_reason(exc: sqlite3.Error) -> str:
 
 
 def _open_lock_file(path: str) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-    return fd
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+
+
+def _create_private(path: str) -> None:
+    """Create the database file, if missing, readable by its owner and group only.
+
+    SQLite would create it 0644 less the umask, world-readable as a rule; it gives its ``-wal``
+    and ``-shm`` files the mode of the database file, so creating that one is enough.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script``, split where SQLite says one is complete (a trigger's body
+    holds semicolons of its own)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            if statement.strip():
+                yield statement
+            statement = ""
+
+
+def parse_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The file path and the ``SqliteStore`` options of an ``sqlite:///`` URL.
+
+    Raises ``ConfigError`` naming an unknown option, or a value that is not accepted.
+    """
+    path, _, query = url.removeprefix("sqlite:///").partition("?")
+    options: dict[str, Any] = {}
+    for name, values in parse_qs(query, keep_blank_values=True, strict_parsing=False).items():
+        if name not in URL_OPTIONS:
+            raise ConfigError(
+                f"store URL option {name!r} is not understood; accepted: "
+                + ", ".join(f"{key}={'|'.join(accepted)}" for key, accepted in URL_OPTIONS.items())
+            )
+        value = values[-1].lower()
+        if value not in URL_OPTIONS[name]:
+            raise ConfigError(
+                f"store URL option {name}={values[-1]!r} is not understood; accepted: "
+                + ", ".join(f"{name}={accepted}" for accepted in URL_OPTIONS[name])
+            )
+        options[name] = value
+    return path, options
 
 
 class SqliteStore(Store):
@@ -396,11 +451,21 @@ class SqliteStore(Store):
     a new instance in each process after a fork.
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "full"
+    ) -> None:
+        if synchronous not in SYNCHRONOUS:
+            raise ConfigError(
+                f"SQLite option synchronous={synchronous!r} is not understood; "
+                f"accepted: {', '.join(SYNCHRONOUS)}"
+            )
         self.path = str(path)
+        self.synchronous = synchronous
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
         self._lock = threading.Lock()
+        self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)
         self._writer_fd = None if self.path == ":memory:" else _open_lock_file(self.path + ".lock")
         self._wake_dir = channel_dir("sqlite:" + os.path.realpath(self.path))
@@ -413,10 +478,10 @@ class SqliteStore(Store):
                 check_same_thread=False,
                 cached_statements=256,
             )
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode loses no committed transaction when a process dies; only a power
-            # cut may lose the last few, which is the usual trade of an embedded queue.
-            self._db.execute("PRAGMA synchronous = NORMAL")
+            # FULL syncs the log at every commit, so an acknowledged add survives a power cut;
+            # NORMAL (in WAL mode) loses no commit when a process dies, only the last few ones
+            # when the machine does.
+            self._db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             self._db.execute("PRAGMA foreign_keys = OFF")
             # SQLite's automatic checkpoint runs inside the COMMIT that crosses 1,000 pages of
             # log, 5-10 ms during which this process holds the writers' lock and every other
@@ -426,18 +491,71 @@ class SqliteStore(Store):
             self._writes = 0
             self._checkpointed = 0.0
             self._max_params = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            with self._transaction():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+            self._prepare()
+        except BaseException as exc:
+            if hasattr(self, "_db"):
+                self._db.close()
+            self._close_lock_file()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+            raise
+
+    def _prepare(self) -> None:
+        """Switch the file to WAL and create or migrate the schema, once, whoever opens it first.
+
+        Both need SQLite's exclusive or write lock, and switching to WAL does not wait for it
+        (it answers "database is locked" at once): so they are done holding the writers' lock
+        file, and retried within the busy timeout against writers that do not take that lock.
+        An up-to-date file needs neither and takes no lock at all.
+        """
+        db = self._db
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                if self._is_prepared():
+                    return
+                if self._writer_fd is not None and not _flock_until(self._writer_fd, deadline):
+                    raise StoreUnavailable(
+                        f"cannot open SQLite store {self.path!r}: the write lock was not had "
+                        f"within {self._busy_timeout:g} s"
+                    )
+                try:
+                    if not self._is_prepared():
+                        if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+                            raise StoreUnavailable(
+                                f"cannot open SQLite store {self.path!r}: WAL mode refused"
+                            )
+                        with self._transaction():
+                            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                                for statement in _statements(SCHEMA):
+                                    db.execute(statement)
+                                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    return
+                finally:
+                    if self._writer_fd is not None:
+                        fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _is_prepared(self) -> bool:
+        db = self._db
+        if self.path != ":memory:" and db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            return False
+        return bool(db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION)
+
+    def _close_lock_file(self) -> None:
+        if self._writer_fd is not None:
+            os.close(self._writer_fd)
+            self._writer_fd = None
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
-        """Open ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``."""
-        return cls(url.removeprefix("sqlite:///"))
+        """Open ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``, with options in a
+        query string (``?synchronous=normal``); ``ConfigError`` names an unknown option."""
+        path, options = parse_url(url)
+        return cls(path, **options)
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
@@ -727,9 +845,7 @@ class SqliteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            if self._writer_fd is not None:
-                os.close(self._writer_fd)
-                self._writer_fd = None
+            self._close_lock_file()
             if self._notifier is not None:
                 self._notifier.close()
 
