@@ -132,8 +132,11 @@ def workdir(prefix: str = "party-bench-") -> Iterator[Path]:
 
 
 def store_url(path: Path) -> str:
-    """The ``sqlite:////absolute/path.db`` URL of a store file."""
-    return "sqlite:///" + str(Path(path).resolve())
+    """The ``sqlite:////absolute/path.db`` URL of a store file; ``PARTY_BENCH_SYNCHRONOUS=normal``
+    in the environment measures the store with that option (the default is the store's, FULL)."""
+    url = "sqlite:///" + str(Path(path).resolve())
+    synchronous = os.environ.get("PARTY_BENCH_SYNCHRONOUS")
+    return f"{url}?synchronous={synchronous}" if synchronous else url
 
 
 def free_port() -> int:
