@@ -5,13 +5,14 @@
 - ``party.worker``: what happens inside a worker process;
 - ``party.store``: store connection trouble and retries.
 
-Library modules log to ``logging.getLogger(__name__)``, which sits under ``party``. Standard
-library only.
+Library modules log to ``logging.getLogger(__name__)``, which sits under ``party``. A store URL is
+logged through ``redact``, never as it was given. Standard library only.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 SERVER = "party.server"
@@ -31,3 +32,17 @@ def setup_logging(level: str = "INFO") -> None:
         handler._party = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+
+
+# The password of ``scheme://user:password@host``, and the values of query options that hold
+# secrets (``tlsCertificateKeyFilePassword``, ``authMechanismProperties`` with an AWS token).
+_USERINFO_PASSWORD = re.compile(r"(//[^:/?#@]*):[^/?#]*@")
+_SECRET_OPTION = re.compile(
+    r"([?&;][^=&;#]*(?:password|secret|token|authmechanismproperties)=)[^&;#]*", re.I
+)
+
+
+def redact(url: str) -> str:
+    """``url`` safe to log or show: its password and any option holding a secret become ``***``."""
+    url = _USERINFO_PASSWORD.sub(r"\1:***@", url)
+    return _SECRET_OPTION.sub(r"\1***", url)

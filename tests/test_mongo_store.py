@@ -35,3 +35,47 @@ def test_ids_are_object_ids_and_times_round_up_to_milliseconds():
     assert stored.timestamp == datetime(2030, 1, 1, 0, 0, 0, 1000)  # up, never down
     assert stored.created == datetime(2030, 1, 1)
     assert "singleton" not in doc and "lease" not in doc  # absent, so the unique index skips it
+
+
+def test_options_in_the_url_win_over_partys_defaults():
+    from party.stores.mongo import client_options_for
+
+    assert client_options_for("mongodb://h/db")["serverSelectionTimeoutMS"] == 5000
+    chosen = client_options_for("mongodb://h/db?w=1&serverselectiontimeoutms=500")
+    assert "serverSelectionTimeoutMS" not in chosen  # the URL's 500 stands
+    given = client_options_for("mongodb://h/db?connectTimeoutMS=9", connectTimeoutMS=1, appname="x")
+    assert given == {"serverSelectionTimeoutMS": 5000, "appname": "x", "tz_aware": False}
+
+
+def test_a_server_selection_timeout_in_the_url_is_the_one_used_and_no_password_is_shown():
+    import time
+
+    import pytest
+
+    from party.errors import StoreUnavailable
+
+    url = "mongodb://admin:Sup3rS3cret@127.0.0.1:9/db?serverSelectionTimeoutMS=300"
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        MongoStore.from_url(url)
+    assert time.monotonic() - started < 3  # not Party's 5 s
+    assert "Timeout: 0.3s" in str(info.value)
+    shown = "".join(str(e) for e in (info.value, info.value.__cause__, info.value.__context__))
+    assert "Sup3rS3cret" not in shown and "Sup3rS3cret" not in repr(info.value)
+
+
+def test_tasks_are_written_with_majority_unless_the_url_names_a_write_concern():
+    from party.stores.mongo import write_concern_for
+
+    assert write_concern_for({}).document == {"w": "majority"}
+    assert write_concern_for({"w": 1, "wtimeout": 200}).document == {"w": 1, "wtimeout": 200}
+
+
+def test_a_malformed_url_is_a_config_error_without_its_password():
+    import pytest
+
+    from party.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        MongoStore.from_url("mongodb://admin:Sup3rS3cret@h:99999/db")
+    assert "Sup3rS3cret" not in str(info.value) and info.value.__cause__ is None

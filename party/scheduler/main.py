@@ -19,7 +19,7 @@ from types import FrameType
 
 from .. import config
 from ..errors import ConfigError, RegistryError, StoreUnavailable
-from ..log import SCHEDULER, setup_logging
+from ..log import SCHEDULER, redact, setup_logging
 from ..pool import WorkerPool
 from ..queue import TaskQueue
 from ..registry import discover
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     logger.info(
         "scheduler started: %d workers, store %s, lease %g s, poll %g s, grace %g s",
-        settings.workers, settings.store, settings.lease, settings.poll_interval, settings.grace,
+        settings.workers, redact(settings.store), settings.lease, settings.poll_interval,
+        settings.grace,
     )  # fmt: skip
     try:
         return scheduler.run()

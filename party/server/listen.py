@@ -14,7 +14,6 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import signal
 import socket
 import stat
@@ -135,11 +134,6 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def redact(url: str) -> str:
-    """A store URL safe to log: any password is hidden."""
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
-
-
 def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status.
 
@@ -172,7 +166,7 @@ def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None)
         logger.info(
             "listening on %s (store %s, %d handlers: %s)",
             where,
-            redact(settings.store),
+            log.redact(settings.store),
             len(registry),
             ", ".join(registry.names),
         )

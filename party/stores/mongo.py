@@ -11,12 +11,14 @@ under current pymongo.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 import pymongo
 from bson import ObjectId
@@ -24,13 +26,15 @@ from pymongo import ASCENDING, MongoClient, ReturnDocument, WriteConcern
 from pymongo.collection import Collection
 from pymongo.errors import (
     BulkWriteError,
+    ConfigurationError,
     ConnectionFailure,
     DuplicateKeyError,
+    InvalidURI,
     OperationFailure,
     PyMongoError,
 )
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
 from ..model import Status, Task, Write
 from ..timestamps import round_up_to_millis
 from .base import (
@@ -53,8 +57,49 @@ ORDER = [
 _ROUND_UP = ("timestamp", "run_at")
 _TRUNCATE = ("created", "last_run_on", "started_on", "completed_on", "lease_expires")
 _CLAIM_RETRIES = 3
+#: Client options Party sets unless the URL (or the caller) sets them. Naive datetimes (UTC) are
+#: what the rest of Party handles, so ``tz_aware`` is not one a URL can change.
+DEFAULTS: dict[str, Any] = {"serverSelectionTimeoutMS": 5000}
 #: Seconds ``check_writable`` gives its write, server selection included.
 WRITABLE_WAIT = 1.0
+
+
+def client_options_for(url: str, **given: Any) -> dict[str, Any]:
+    """The keyword options ``MongoClient(url, ...)`` gets: ``given``, then ``DEFAULTS``, leaving
+    out any option the URL sets itself (pymongo lets a keyword override the URL)."""
+    query = url.partition("?")[2]
+    in_url = {part.split("=", 1)[0].lower() for part in re.split("[&;]", query) if part}
+    options = {name: value for name, value in given.items() if name.lower() not in in_url}
+    for name, value in DEFAULTS.items():
+        if name.lower() not in in_url:
+            options.setdefault(name, value)
+    options["tz_aware"] = False
+    return options
+
+
+def write_concern_for(document: dict[str, Any]) -> WriteConcern:
+    """The write concern of the tasks: the URL's (``document``), majority unless it names one."""
+    return WriteConcern(
+        w=document.get("w", "majority"), wtimeout=document.get("wtimeout"), j=document.get("j")
+    )
+
+
+# Passwords of the URLs this process opened: never shown in an error or a log line. This module
+# may not import ``log`` (a lower layer), so it hides the secrets themselves, wherever they occur.
+_SECRETS: set[str] = set()
+
+
+def _remember_secret(url: str) -> None:
+    userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    if password:
+        _SECRETS.update({password, unquote_plus(password)})
+
+
+def _scrub(text: str) -> str:
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _truncate_to_millis(value: datetime) -> datetime:
@@ -146,16 +191,28 @@ class MongoStore(Store):
 
     @classmethod
     def from_url(cls, url: str, *, collection: str = "tasks", **client_options: Any) -> MongoStore:
-        """Connect to ``mongodb://host:port/dbname`` (the database name is required)."""
-        client_options.setdefault("serverSelectionTimeoutMS", 5000)
-        client_options.setdefault("tz_aware", False)
-        client: MongoClient[dict[str, Any]] = MongoClient(url, **client_options)
-        database = client.get_default_database()
-        tasks = database.get_collection(collection, write_concern=WriteConcern("majority"))
-        return cls(tasks, client=client)
+        """Connect to ``mongodb://host:port/dbname`` (the database name is required).
+
+        Options in the URL win over Party's defaults (``client_options``, then ``DEFAULTS``), the
+        write concern included; ``ConfigError`` says what is wrong with a URL, without its password.
+        """
+        _remember_secret(url)
+        options = client_options_for(url, **client_options)
+        try:
+            client: MongoClient[dict[str, Any]] = MongoClient(url, **options)
+            database = client.get_default_database()
+        except (ConfigurationError, InvalidURI, ValueError) as exc:
+            raise ConfigError(f"store URL is not usable: {_scrub(str(exc))}") from None
+        concern = write_concern_for(client.write_concern.document)
+        tasks = database.get_collection(collection, write_concern=concern)
+        try:
+            return cls(tasks, client=client)
+        except BaseException:
+            client.close()
+            raise
 
     def __repr__(self) -> str:
-        return f"MongoStore({self._tasks.full_name!r})"
+        return f"MongoStore({_scrub(self._tasks.full_name)!r})"
 
     def ensure_indexes(self) -> None:
         """Create the indexes the queries rely on (idempotent)."""
@@ -354,7 +411,9 @@ class MongoStore(Store):
                     {"_id": "health"}, {"$currentDate": {"checked": True}}, upsert=True
                 )
         except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB cannot take a write on {self}: {exc}") from exc
+            raise StoreUnavailable(
+                f"MongoDB cannot take a write on {self}: {_scrub(str(exc))}"
+            ) from _shown(exc)
 
     def listen(self) -> Listener | ChangeStreamListener:
         """A change stream where the deployment has one (a replica set: it reaches schedulers on
@@ -363,7 +422,11 @@ class MongoStore(Store):
             stream = self._tasks.watch(_QUEUED_CHANGES, max_await_time_ms=1000)
         # OperationFailure: a standalone server; TypeError: mongomock, which has no watch().
         except (OperationFailure, NotImplementedError, TypeError) as exc:
-            logger.info("no change stream on %s (%s); wake-ups reach this machine only", self, exc)
+            logger.info(
+                "no change stream on %s (%s); wake-ups reach this machine only",
+                self,
+                _scrub(str(exc)),
+            )
             return Listener(self._wake_dir)
         logger.info("watching a change stream on %s for wake-ups", self)
         return ChangeStreamListener(stream)
@@ -424,7 +487,9 @@ class ChangeStreamListener:
                         pass  # a wake-up is already pending
         except Exception as exc:  # the stream is a convenience; polling stays correct without it
             if self._stream.alive:
-                logger.warning("change stream stopped (%s); falling back to polling", exc)
+                logger.warning(
+                    "change stream stopped (%s); falling back to polling", _scrub(str(exc))
+                )
 
     def fileno(self) -> int:
         """The descriptor that becomes readable when a task was queued anywhere."""
@@ -454,10 +519,17 @@ def _guard() -> Iterator[None]:
     except DuplicateKeyError:
         raise
     except ConnectionFailure as exc:
-        raise StoreUnavailable(f"MongoDB did not answer: {exc}") from exc
+        raise StoreUnavailable(f"MongoDB did not answer: {_scrub(str(exc))}") from _shown(exc)
     except BulkWriteError:
         raise
     except PyMongoError as exc:
         if exc.has_error_label("RetryableWriteError") or exc.timeout:
-            raise StoreUnavailable(f"MongoDB did not answer: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB did not answer: {_scrub(str(exc))}") from _shown(exc)
         raise
+
+
+def _shown(exc: BaseException) -> BaseException | None:
+    """``exc`` as the cause of an error of ours, unless its text holds a password (a traceback
+    would print it): then no cause."""
+    text = str(exc)
+    return exc if _scrub(text) == text else None
