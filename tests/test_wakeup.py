@@ -87,7 +87,8 @@ def test_a_temporary_directory_too_long_for_socket_paths_falls_back_to_tmp(monke
 
     monkeypatch.setattr(tempfile, "tempdir", "/" + "long-tmpdir-name/" * 8)
     folder = channel_dir("sqlite:/srv/party.db")
-    assert folder.parent == Path("/tmp") and folder.name.startswith("party-wake-")
+    assert folder.parent == Path("/tmp") / f"party-{os.getuid()}"
+    assert folder.name.startswith("wake-")
     listener = Listener(folder)  # binds: the path fits
     notifier = Notifier(folder)
     try:
@@ -124,3 +125,95 @@ def test_mongo_store_without_change_streams_falls_back_to_the_local_channel():
     finally:
         listener.close()
         store.close()
+
+
+@pytest.fixture
+def short_tmp():
+    """A temporary directory short enough that channel folders stay in it (not in /tmp)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="pw", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_channel_sits_in_a_private_parent_of_its_user(short_tmp, monkeypatch):
+    import tempfile
+
+    tmp_path = short_tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = channel_dir("sqlite:/srv/party.db")
+    assert folder.parent == tmp_path / f"party-{os.getuid()}"
+    old = os.umask(0)
+    try:
+        listener = Listener(folder)
+    finally:
+        os.umask(old)
+    try:
+        assert folder.parent.stat().st_mode & 0o777 == 0o710  # others cannot list nor plant
+        assert folder.stat().st_mode & 0o777 == 0o770
+    finally:
+        listener.close()
+
+
+def planted(tmp_path, monkeypatch, what):
+    """The channel of a store whose folder another local user prepared before Party ran."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = channel_dir("sqlite:" + str(tmp_path / "p.db"))
+    what(folder)
+    return folder
+
+
+PLANTS = {
+    "a regular file": lambda folder: folder.parent.write_text("x"),
+    "a file in a real parent": lambda f: (f.parent.mkdir(0o710), f.write_text("x")),
+    "a symbolic link": lambda folder: folder.parent.symlink_to("/"),
+    "a parent open to all": lambda folder: (folder.parent.mkdir(), folder.parent.chmod(0o777)),
+    "a parent of another user": lambda folder: (
+        folder.parent.mkdir(0o710),
+        os.chown(folder.parent, 4242, 4242),
+    ),
+}
+
+
+@pytest.mark.parametrize("plant", PLANTS, ids=list(PLANTS))
+def test_a_planted_channel_never_fails_an_add_and_warns_once(
+    short_tmp, monkeypatch, registry, caplog, plant
+):
+    import logging
+
+    tmp_path = short_tmp
+    folder = planted(tmp_path, monkeypatch, PLANTS[plant])
+    store = SqliteStore(tmp_path / "p.db")
+    assert store._wake_dir == folder
+    queue = TaskQueue(store, registry)
+    with caplog.at_level(logging.WARNING, logger="party.stores.wakeup"):
+        assert store.listen() is None  # refused, said why; the scheduler polls
+        for _ in range(3):
+            queue.add([{"party": "Noop"}])  # no exception after the commit
+    assert len(queue.store.query()) == 3
+    notify_warnings = [r for r in caplog.records if "cannot wake schedulers" in r.getMessage()]
+    listen_warnings = [r for r in caplog.records if "no wake-ups on" in r.getMessage()]
+    assert len(notify_warnings) <= 1 and len(listen_warnings) == 1
+    store.close()
+
+
+def test_a_notifier_whose_folder_became_a_file_warns_once_and_never_raises(tmp_path, caplog):
+    import logging
+
+    folder = tmp_path / "wake"
+    listener = Listener(folder)
+    notifier = Notifier(folder)
+    assert notifier.notify() == 1
+    listener.close()
+    os.rmdir(folder)
+    folder.write_text("planted")
+    notifier._mtime = None  # as after any change of the folder
+    with caplog.at_level(logging.WARNING, logger="party.stores.wakeup"):
+        assert notifier.notify() == 0
+        assert notifier.notify() == 0
+    assert len([r for r in caplog.records if "cannot wake" in r.getMessage()]) == 1
+    notifier.close()

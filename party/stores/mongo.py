@@ -44,7 +44,7 @@ from .base import (
     check_batch_singletons,
     singleton_conflict,
 )
-from .wakeup import Listener, Notifier, channel_dir
+from .wakeup import Listener, Notifier, channel_dir, listener_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -415,7 +415,7 @@ class MongoStore(Store):
                 f"MongoDB cannot take a write on {self}: {_scrub(str(exc))}"
             ) from _shown(exc)
 
-    def listen(self) -> Listener | ChangeStreamListener:
+    def listen(self) -> Listener | ChangeStreamListener | None:
         """A change stream where the deployment has one (a replica set: it reaches schedulers on
         every machine), else the local channel of schedulers on this machine."""
         try:
@@ -427,7 +427,7 @@ class MongoStore(Store):
                 self,
                 _scrub(str(exc)),
             )
-            return Listener(self._wake_dir)
+            return listener_or_none(self._wake_dir)
         logger.info("watching a change stream on %s for wake-ups", self)
         return ChangeStreamListener(stream)
 

@@ -35,7 +35,7 @@ from .base import (
     check_batch_singletons,
     singleton_conflict,
 )
-from .wakeup import Listener, Notifier, channel_dir
+from .wakeup import Listener, Notifier, channel_dir, listener_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -468,7 +468,10 @@ class SqliteStore(Store):
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)
         self._writer_fd = None if self.path == ":memory:" else _open_lock_file(self.path + ".lock")
-        self._wake_dir = channel_dir("sqlite:" + os.path.realpath(self.path))
+        self._wake_dir = channel_dir(
+            "sqlite:" + os.path.realpath(self.path),
+            None if self.path == ":memory:" else os.stat(self.path).st_uid,
+        )
         self._notifier: Notifier | None = None
         try:
             self._db = sqlite3.connect(
@@ -834,8 +837,8 @@ class SqliteStore(Store):
         if free < MIN_FREE_BYTES:
             raise StoreUnavailable(f"{where}: the disk is full ({free} bytes free)")
 
-    def listen(self) -> Listener:
-        return Listener(self._wake_dir)
+    def listen(self) -> Listener | None:
+        return listener_or_none(self._wake_dir)
 
     def notify(self) -> None:
         if self._notifier is None:
