@@ -10,7 +10,6 @@ state. Knows nothing of HTTP, processes or a specific store: imports ``stores.ba
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from .model import (
     singleton_key,
 )
 from .registry import Registry
+from .storable import MAX_BSON_BYTES, Unstorable, document_size
 from .stores.base import OrderKey, Store
 from .timestamps import format_timestamp, parse_timestamp, system_now
 
@@ -75,12 +75,8 @@ class TaskQueue:
         ``Conflict`` when a recurring singleton is already live; nothing is written in either case.
         """
         now = self.clock()
-        items = list(items)
-        checked = _plain_json_objects(
-            [item.data if isinstance(item, NewTask) else item.get("data") for item in items]
-        )
         return self.store.insert_many(
-            [self._new_task(index, item, now, checked) for index, item in enumerate(items)]
+            [self._new_task(index, item, now) for index, item in enumerate(items)]
         )
 
     def _new_task(
@@ -88,12 +84,8 @@ class TaskQueue:
         index: int,
         item: NewTask | Mapping[str, Any],
         now: datetime,
-        data_checked: bool = False,
     ) -> Task:
-        """The task of one item, or ``ValidationError`` naming what is wrong with it.
-
-        ``data_checked`` says ``_plain_json_objects`` already passed the batch's data.
-        """
+        """The task of one item, or ``ValidationError`` naming what is wrong with it."""
         if isinstance(item, NewTask):
             party, data, when = item.party, item.data, item.timestamp
         else:
@@ -114,13 +106,19 @@ class TaskQueue:
             )
         if data is None:
             data = {}
-        elif not data_checked:
-            _check_data(index, data)
+        else:
+            check_data(index, data)
         if when is None:
             timestamp = now
         else:
             try:
                 timestamp = parse_timestamp(when)
+            except OverflowError:  # an offset that moves a time past 0001 or 9999
+                raise ValidationError(
+                    f"item {index}: bad 'timestamp': {when!r} is outside 1970-01-01 .. 9999-12-31",
+                    index=index,
+                    field="timestamp",
+                ) from None
             except ValueError as exc:
                 raise ValidationError(
                     f"item {index}: bad 'timestamp': {exc}", index=index, field="timestamp"
@@ -402,57 +400,29 @@ def _checked_id(task_id: str) -> str:
     return task_id
 
 
-def _plain_json_objects(datas: list[Any]) -> bool:
-    """True when every one of ``datas`` (None or a dict) surely passes ``_check_data``.
-
-    One encoding of the whole batch instead of a walk and an encoding per item: a key starting
-    with '$' shows in the text as '"$', and a key that is not a string (encoded as one) makes the
-    decoded text differ from the data. False only means the items need checking one by one.
-    """
-    for data in datas:
-        if data is not None and type(data) is not dict:
-            return False
-    try:
-        text = json.dumps(datas, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return '"$' not in text and json.loads(text) == datas
-
-
-def _check_data(index: int, data: Any) -> None:
+def check_data(index: int, data: Any) -> None:
+    """Raise ``ValidationError`` (naming item ``index``) unless ``data`` is an object every store
+    can keep (``storable``: 64-bit integers, valid Unicode, keys without NUL or a leading '$',
+    at most 100 levels, 15 MiB of BSON)."""
     if not isinstance(data, dict):
         raise ValidationError(
             f"item {index}: 'data' must be a JSON object (a dict), got {type(data).__name__}",
             index=index,
             field="data",
         )
-    bad = _find_bad_key(data)
-    if bad is not None:
+    try:
+        size = document_size(data)
+    except Unstorable as exc:
         raise ValidationError(
-            f"item {index}: 'data' key {bad!r} is not accepted: keys must be strings that do not "
-            "start with '$'",
+            f"item {index}: 'data' must hold only JSON values every store can keep; "
+            f"{exc.where('data')}: {exc}",
+            index=index,
+            field="data",
+        ) from None
+    if size > MAX_BSON_BYTES:
+        raise ValidationError(
+            f"item {index}: 'data' takes {size} bytes as BSON, over the limit of "
+            f"{MAX_BSON_BYTES} (15 MiB); keep large payloads elsewhere and pass a reference",
             index=index,
             field="data",
         )
-    try:
-        json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(
-            f"item {index}: 'data' must hold only JSON values: {exc}", index=index, field="data"
-        ) from None
-
-
-def _find_bad_key(value: Any) -> Any:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            if not isinstance(key, str) or key.startswith("$"):
-                return key
-            bad = _find_bad_key(inner)
-            if bad is not None:
-                return bad
-    elif isinstance(value, list):
-        for inner in value:
-            bad = _find_bad_key(inner)
-            if bad is not None:
-                return bad
-    return None

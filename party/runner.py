@@ -16,6 +16,7 @@ from .handler import FollowUps
 from .model import Outcome, Status, Task
 from .queue import TaskQueue, error_info
 from .registry import Registry
+from .storable import MAX_BSON_BYTES, Unstorable, document_size, value_size
 from .timestamps import system_now
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ def run_task(task: Task, registry: Registry) -> Outcome:
         handler = handler_cls(task)
         result = _jsonable(handler.run(), task)
         follow_ups = FollowUps()
+        problem = _unstorable(result, task)
+        if problem is not None:
+            finished = system_now()
+            return Outcome(
+                task,
+                ok=False,
+                started_on=started,
+                finished_on=finished,
+                error=error_info("UnstorableResult", problem, at=finished),
+                permanent=True,  # the same result would come back: no retry
+            )
         handler.on_complete(follow_ups)
     except Exception as exc:
         finished = system_now()
@@ -83,3 +95,31 @@ def _jsonable(result: Any, task: Task) -> Any:
         )
         return repr(result)
     return result
+
+
+#: A result this small always fits beside data within the limit (MongoDB's is 16 MiB a document,
+#: data at most 15 MiB): the task's data is measured only for a larger one.
+_SMALL_RESULT = 512 * 1024
+
+
+def _unstorable(result: Any, task: Task) -> str | None:
+    """Why ``result`` cannot be kept beside the task's data on every store, or None."""
+    if result is None or type(result) is bool:
+        return None
+    try:
+        size = value_size(result)
+        if size > _SMALL_RESULT:
+            size += document_size(task.data)
+    except Unstorable as exc:
+        return (
+            f"the result of {task.party}.run() cannot be stored: {exc.where('result')}: {exc}; "
+            "return JSON values (64-bit integers, valid Unicode, keys without NUL or a leading "
+            "'$', at most 100 levels)"
+        )
+    if size > MAX_BSON_BYTES:
+        return (
+            f"the result of {task.party}.run() cannot be stored: with the task's data it takes "
+            f"{size} bytes as BSON, over the limit of {MAX_BSON_BYTES} (15 MiB); keep large "
+            "results elsewhere and return a reference"
+        )
+    return None

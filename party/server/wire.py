@@ -10,12 +10,14 @@ naming the item, the field and what is accepted. It imports ``model``, ``errors`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from ..errors import ValidationError
 from ..model import ALL_STATUSES, Task, is_valid_id
+from ..storable import INT64_MAX
 from ..timestamps import format_timestamp, from_micros, to_micros
 
 #: The fields of one item of ``POST /tasks``.
@@ -56,6 +58,10 @@ def loads(body: bytes) -> Any:
         raise ValidationError("the request body is not UTF-8 text; send JSON") from None
     except ValueError as exc:
         raise ValidationError(f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValidationError(
+            "the request body is nested too deeply to read; data may hold at most 100 levels"
+        ) from None
 
 
 def parse_tasks(payload: Any, max_batch: int) -> list[Mapping[str, Any]]:
@@ -119,6 +125,56 @@ def parse_tasks(payload: Any, max_batch: int) -> list[Mapping[str, Any]]:
                 field="party",
             )
     return items
+
+
+_ENVELOPE = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"tasks"[ \t\n\r]*:[ \t\n\r]*\[')
+_SPACE = re.compile(r"[ \t\n\r]*")
+_decode_one = json.JSONDecoder().raw_decode
+
+
+def parse_tasks_body(body: bytes, max_batch: int) -> list[Mapping[str, Any]]:
+    """``parse_tasks(loads(body), max_batch)`` for a large body, decoded one item at a time.
+
+    One ``json.loads`` of megabytes holds the interpreter for its whole length, so a thread doing
+    it would stall the event loop all the same; item by item, the loop gets its turns between
+    items, and a batch over ``max_batch`` is refused without decoding the rest. Any body that is
+    not a plain envelope is decoded whole, for ``loads``' and ``parse_tasks``' own messages.
+    """
+    head = _ENVELOPE.match(body)
+    if head is None:
+        return parse_tasks(loads(body), max_batch)
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise ValidationError("the request body is not UTF-8 text; send JSON") from None
+    at = _SPACE.match(text, len(body[: head.end()].decode())).end()
+    items: list[Any] = []
+    count = 0
+    try:
+        if text.startswith("]", at):
+            at += 1
+        else:
+            while True:
+                item, at = _decode_one(text, at)
+                count += 1
+                if count <= max_batch:
+                    items.append(item)  # past the limit, items are only counted (the message)
+                at = _SPACE.match(text, at).end()
+                if text.startswith("]", at):
+                    at += 1
+                    break
+                if not text.startswith(",", at):
+                    raise ValueError("expected ',' or ']'")
+                at = _SPACE.match(text, at + 1).end()
+        at = _SPACE.match(text, at).end()
+        if not text.startswith("}", at) or text[at + 1 :].strip(" \t\n\r"):
+            raise ValueError("not a plain envelope")
+    except (ValueError, RecursionError):
+        del items
+        return parse_tasks(loads(body), max_batch)
+    if count > max_batch:
+        items += [None] * (count - max_batch)  # parse_tasks names the count and the limit
+    return parse_tasks({"tasks": items}, max_batch)
 
 
 def check_run_body(payload: Any) -> None:
@@ -261,7 +317,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, int, datetime, str]:
     try:
         if len(parts) != 4 or not is_valid_id(parts[3]):
             raise ValueError
+        # Each number fits a signed 64-bit column: at most 19 digits and a sign.
+        if any(len(part) > 20 for part in parts[:3]):
+            raise ValueError
         ts, attempts, created = int(parts[0]), int(parts[1]), int(parts[2])
+        if not 0 <= attempts <= INT64_MAX:
+            raise ValueError
         return (from_micros(ts), attempts, from_micros(created), parts[3])
     except (ValueError, OverflowError):
         raise ValidationError(
@@ -303,7 +364,9 @@ def parse_list_query(args: Mapping[str, Sequence[bytes]]) -> dict[str, Any]:
         query["party"] = values["party"]
     if "limit" in values:
         text = values["limit"]
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PAGE:
+        if not (text.isascii() and text.isdigit() and len(text) <= 4) or not (
+            1 <= int(text) <= MAX_PAGE
+        ):
             raise ValidationError(
                 f"limit must be an integer 1..{MAX_PAGE}, got {text[:40]!r}", field="limit"
             )
