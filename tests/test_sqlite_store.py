@@ -150,3 +150,76 @@ def test_a_connection_checkpoints_itself_when_nothing_maintains_the_store(sqlite
     assert sqlite_path.stat().st_size > size
     assert store._writes == 10
     store.close()
+
+
+def _full_count(store, now_us):
+    groups = store._db.execute(
+        "SELECT party, status, COUNT(*) FROM tasks GROUP BY party, status"
+    ).fetchall()
+    due = store._db.execute(
+        "SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND timestamp <= ? AND run_at <= ?",
+        (now_us, now_us),
+    ).fetchone()[0]
+    return sorted(groups), due
+
+
+def test_stats_counts_kept_by_triggers_match_a_full_count(sqlite_path, registry):
+    from datetime import timedelta
+
+    from party.model import Status, Write
+    from party.queue import TaskQueue
+    from party.timestamps import to_micros
+
+    store = SqliteStore(sqlite_path)
+    queue = TaskQueue(store, registry)
+    now = datetime(2030, 1, 1)
+    queue.add([{"party": "Noop", "data": {"i": i}, "timestamp": now} for i in range(6)])
+    queue.add([{"party": "Every5", "data": {"i": 1}, "timestamp": now + timedelta(days=1)}])
+    a, b, c = store.claim(3, now, now + timedelta(minutes=1), "tok")
+    store.write_many([Write(a.id, {"status": Status.COMPLETED}, lease="tok")])
+    store.update(Write(b.id, {"status": Status.QUEUED, "run_at": now + timedelta(hours=1)}))
+    queue.delete(c.id)
+    store._db.execute("DELETE FROM tasks WHERE id = ?", (a.id,))
+    stats = store.stats(now)
+    groups, due = _full_count(store, to_micros(now))
+    assert sorted((p, s, n) for p, by in stats["parties"].items() for s, n in by.items()) == groups
+    assert stats["due"] == due == 3 and stats["oldest_due"] == now
+
+
+def test_a_file_made_before_the_counts_table_gets_it_filled_on_open(sqlite_path, registry):
+    from party.queue import TaskQueue
+
+    store = SqliteStore(sqlite_path)
+    TaskQueue(store, registry).add([{"party": "Noop"}] * 3)
+    for trigger in ("counts_insert", "counts_delete", "counts_update"):
+        store._db.execute(f"DROP TRIGGER {trigger}")
+    store._db.execute("DROP TABLE counts")
+    store._db.execute("PRAGMA user_version = 2")
+    store.close()
+    assert SqliteStore(sqlite_path).stats(datetime(2030, 1, 1))["statuses"]["queued"] == 3
+
+
+@pytest.mark.parametrize(("due", "ahead", "delayed"), [(9, 1, 0), (1, 9, 2), (9, 9, 2), (0, 0, 0)])
+def test_due_is_counted_from_the_smaller_side_of_now(sqlite_path, monkeypatch, due, ahead, delayed):
+    from datetime import timedelta
+
+    from party.model import Task, new_id
+    from party.stores import sqlite
+    from party.timestamps import to_micros
+
+    monkeypatch.setattr(sqlite, "STATS_COUNT_CAP", 4)
+    store = SqliteStore(sqlite_path)
+    now = datetime(2030, 1, 1)
+
+    def task(at, run_at=None):
+        return Task(id=new_id(), party="Noop", data={}, timestamp=at, created=now,
+                    run_at=run_at or at)  # fmt: skip
+
+    past, future = now - timedelta(seconds=5), now + timedelta(seconds=5)
+    store.insert_many(
+        [task(past) for _ in range(due)]
+        + [task(future) for _ in range(ahead)]
+        + [task(past, future) for _ in range(delayed)]
+        + [task(future, past)]  # a force-run that failed: its retry is due before its time
+    )
+    assert store.stats(now)["due"] == _full_count(store, to_micros(now))[1] == due
