@@ -83,3 +83,20 @@ def clock():
 @pytest.fixture
 def queue(store, registry, clock):
     return TaskQueue(store, registry, lease_seconds=60, clock=clock)
+
+
+def wait_for(predicate, timeout=5.0, what="condition", interval=0.01):
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds.
+
+    Every wait in the suite goes through here (or has its own deadline): a wait without one hangs
+    the whole run when what it waits for never happens.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(interval)

@@ -9,15 +9,15 @@ import time
 from datetime import timedelta
 
 import pytest
+from conftest import wait_for
 
 from party.errors import StoreUnavailable
 from party.model import Status, Task
-from party.pool import WorkerPool
+from party.pool import ClaimPolicy, WorkerPool
 from party.queue import TaskQueue
 from party.scheduler import Scheduler
 from party.stores.sqlite import SqliteStore
 from party.timestamps import system_now
-from party.worker import ClaimPolicy
 
 LEASE = 30
 
@@ -84,13 +84,6 @@ def settle(scheduler, expected, timeout=10.0):
 
 def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def wait_for_lines(path, n, timeout=5.0):
@@ -177,16 +170,27 @@ def test_long_tasks_get_no_prefetch(env):
             assert scheduler.pool.held <= 1
 
 
-def test_leases_of_running_tasks_are_renewed_before_they_expire(env, tmp_path):
-    queue, clock, make_scheduler = env
-    (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 5}}])
-    scheduler = make_scheduler()
-    wait_for(lambda: scheduler.tick() and scheduler.pool.running())
-    first = queue.get(task.id).lease_expires
-    clock.advance(LEASE / 3)
-    assert scheduler.tick().renewed == 1
-    renewed = queue.get(task.id).lease_expires
-    assert renewed == clock.now + timedelta(seconds=LEASE) and renewed > first
+def test_workers_keep_their_leases_alive_while_the_scheduler_does_nothing(env, registry, tmp_path):
+    queue, clock, _ = env
+    (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 2.5}}])
+    url = f"sqlite:///{tmp_path / 'loop.db'}"
+    # A lease of 0.9 s, renewed every 0.3 s by the worker itself; this test never ticks a
+    # scheduler, and recovers expired leases all along as another scheduler would.
+    pool = WorkerPool(1, url, registry, lease_seconds=0.9, claim=ClaimPolicy(poll_interval=0.05))
+    pool.start()
+    try:
+        first = wait_for(lambda: queue.get(task.id).lease_expires, what="the claim")
+        recovered = []
+        while queue.get(task.id).status == Status.RUNNING:
+            recovered += TaskQueue(queue.store, registry).recover_expired(now=system_now())
+            time.sleep(0.05)
+        assert recovered == []
+        stored = queue.get(task.id)
+        assert (stored.status, stored.attempts) == (Status.COMPLETED, 1)
+        assert stored.completed_on - stored.started_on > timedelta(seconds=2)
+        assert first < stored.started_on + timedelta(seconds=1)
+    finally:
+        pool.kill()
 
 
 def test_expired_lease_of_another_scheduler_is_recovered_with_its_attempt_spent(env):

@@ -264,7 +264,7 @@ def wait_listening(sched, count=1, tmpdir=None):
 
     folder = channel_dir("sqlite:" + os.path.realpath(sched.db))
     if tmpdir is not None:
-        folder = Path(tmpdir) / folder.name
+        folder = Path(tmpdir) / folder.parent.name / folder.name
     wait_until(lambda: len(list(folder.glob("*.sock"))) >= count, 15, "the wake-up socket")
     time.sleep(0.3)  # past the first pass, into the long sleep
 
@@ -305,3 +305,21 @@ def test_two_idle_schedulers_woken_together_run_a_new_task_once(sched):
     wait_until(lambda: sched.count(Status.COMPLETED) == 1, 5, "the woken run")
     time.sleep(0.3)
     assert [run["id"] for run in sched.runs()] == [task.id]
+
+
+def test_a_stalled_scheduler_never_lets_two_workers_run_one_task(sched):
+    tasks = sched.add(
+        *[{"party": "Span", "data": {"seconds": 4, "log": str(sched.log)}} for _ in range(2)]
+    )
+    first = sched.start(workers=2, lease=1.5, poll=0.2)
+    starts = lambda: [r for r in sched.runs() if r.get("edge") == "start"]  # noqa: E731
+    wait_until(lambda: len(starts()) == 2, 10, "both runs to start")
+    os.kill(first.pid, signal.SIGSTOP)  # the scheduler's own process only: its workers go on
+    try:
+        sched.start(workers=2, lease=1.5, poll=0.2)
+        wait_until(lambda: sched.count(Status.COMPLETED) == 2, 20, "both tasks to complete")
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    # Leases outlived the 1.5 s lease because the workers renewed them: nobody ran a task twice.
+    assert sorted(r["id"] for r in starts()) == sorted(t.id for t in tasks)
+    assert {(r["id"], r["attempts"]) for r in sched.runs()} == {(t.id, 1) for t in tasks}

@@ -521,7 +521,10 @@ def force_run_in_thread(server, task_id):
     thread = threading.Thread(target=run)
     thread.start()
     with server.client() as con:
+        deadline = time.monotonic() + 10
         while con.get(task_id)["status"] != "running":
+            assert not outcome, f"the force-run answered before it was seen running: {outcome}"
+            assert time.monotonic() < deadline, "the force-run never started running"
             time.sleep(0.01)
     return thread, outcome
 

@@ -1,5 +1,6 @@
 """WorkerPool with real forked workers on a real SQLite file."""
 
+import asyncio
 import json
 import os
 import signal
@@ -7,9 +8,11 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from party.model import Status
 from party.pool import WorkerPool
+from party.pool.forcerun import ForceRunClient, ForceRunUnavailable
 from party.queue import TaskQueue
 from party.stores.sqlite import SqliteStore
 
@@ -53,11 +56,17 @@ def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def wait_for(predicate, timeout=5.0):
+def run_all(pool, tasks, timeout=10.0):
+    """Dispatch ``tasks`` to free workers as they free up; return what finished."""
+    waiting = list(tasks)
+    finished = []
     deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    while waiting or pool.busy:
+        assert time.monotonic() < deadline, f"{len(waiting)} undispatched, pool busy"
+        while waiting and pool.free:
+            pool.dispatch(waiting.pop(0))
+        finished.extend(pool.poll(0.05))
+    return finished
 
 
 def test_pool_runs_claimed_tasks_in_worker_processes_and_records_them(db, make_pool, tmp_path):
@@ -66,9 +75,8 @@ def test_pool_runs_claimed_tasks_in_worker_processes_and_records_them(db, make_p
     queue.add([{"party": "Note", "data": {"n": i, "log": str(log)}} for i in range(40)])
     pool = make_pool(2)
     tasks = queue.claim(40)
-    pool.submit(tasks, depth=20)
-    finished = drain(pool, 40)
-    assert {f.status for f in finished} == {Status.COMPLETED}
+    finished = run_all(pool, tasks)
+    assert len(finished) == 40 and {f.status for f in finished} == {Status.COMPLETED}
     assert all(queue.get(t.id).result == t.data["n"] for t in tasks)
     pids = {line["pid"] for line in lines(log)}
     assert pids <= set(pool.pids) and os.getpid() not in pids
@@ -81,14 +89,13 @@ def test_worker_dying_mid_task_fails_that_attempt_and_is_replaced(db, make_pool,
     (task,) = queue.add([{"party": "DiesFirst", "data": {"log": str(log)}}])
     pool = make_pool(1)
     before = pool.pids
-    pool.submit(queue.claim(1))
-    (done,) = drain(pool, 1)
+    (done,) = run_all(pool, queue.claim(1))
     assert done.status == Status.QUEUED and done.error == "WorkerDied"
     stored = queue.get(task.id)
     assert stored.attempts == 1 and "exited with code 7" in stored.last_error["message"]
-    assert pool.pids != before and len(pool.pids) == 1
-    pool.submit(queue.claim(1))
-    (done,) = drain(pool, 1)
+    wait_for(lambda: pool.poll() == [] and len(pool.pids) == 1, what="the replacement worker")
+    assert pool.pids != before
+    (done,) = run_all(pool, queue.claim(1))
     assert done.status == Status.COMPLETED
     assert queue.get(task.id).attempts == 2
 
@@ -99,8 +106,7 @@ def test_other_workers_keep_running_when_one_dies(db, make_pool, tmp_path):
     queue.add([{"party": "Sleepy", "data": {"seconds": 0.5, "log": str(log)}}])
     queue.add([{"party": "DiesFirst", "data": {"log": str(log)}}])
     pool = make_pool(2)
-    pool.submit(queue.claim(2))
-    finished = {f.task.party: f for f in drain(pool, 2)}
+    finished = {f.task.party: f for f in run_all(pool, queue.claim(2))}
     assert finished["Sleepy"].status == Status.COMPLETED
     assert finished["DiesFirst"].error == "WorkerDied"
 
@@ -109,74 +115,51 @@ def test_run_past_its_timeout_is_killed_and_counted_as_failed(db, make_pool, tmp
     _, queue = db
     (task,) = queue.add([{"party": "Hangs", "data": {}}])
     pool = make_pool(1)
-    start = time.monotonic()
-    pool.submit(queue.claim(1))
-    (done,) = drain(pool, 1)
-    assert 1.0 <= time.monotonic() - start < 5
+    (done,) = run_all(pool, queue.claim(1))
     assert done.error == "Timeout" and done.status == Status.QUEUED
     stored = queue.get(task.id)
     assert stored.last_error["message"] == "timed out after 1 s" and stored.attempts == 1
     assert queue.claim(1)[0].id == task.id
-    assert len(pool.pids) == 1
+    wait_for(lambda: pool.poll() == [] and len(pool.pids) == 1, what="the replacement worker")
 
 
-def test_run_one_blocks_until_the_task_is_recorded(db, make_pool):
-    _, queue = db
-    (task,) = queue.add([{"party": "Note", "data": {"n": 5}}])
-    pool = make_pool(1)
-    assert pool.run_one(queue.claim_now(task.id)) == Status.COMPLETED
-    assert queue.get(task.id).result == 5
+def test_a_worker_that_keeps_failing_to_start_is_restarted_with_growing_delays(
+    registry, tmp_path, caplog
+):
+    # A store that is a folder: every worker exits at once with code 3.
+    pool = WorkerPool(1, f"sqlite:///{tmp_path}", registry, lease_seconds=30)
+    pool.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            pool.poll(0.05)
+    finally:
+        pool.kill()
+    delays = [
+        float(r.getMessage().rsplit(" in ", 1)[1].split()[0])
+        for r in caplog.records
+        if "starting a new one in" in r.getMessage()
+    ]
+    assert "could not open the store" in caplog.text
+    # 0.1, 0.2, 0.4, 0.8 s...: a handful of restarts in two seconds, not hundreds.
+    assert 3 <= len(delays) <= 6
+    assert delays == sorted(delays) and delays[1] == 2 * delays[0]
 
 
-def test_run_one_shares_workers_safely_between_threads(db, make_pool):
-    _, queue = db
-    tasks = queue.add([{"party": "Sleepy", "data": {"seconds": 0.05}} for _ in range(8)])
-    pool = make_pool(2)
-    results = {}
+def test_workers_are_forked_only_from_the_main_thread(db, registry):
+    pool = WorkerPool(1, db[0], registry)
+    errors = []
 
-    def force(task):
-        results[task.id] = pool.run_one(queue_for_thread().claim_now(task.id))
+    def start():
+        try:
+            pool.start()
+        except RuntimeError as exc:
+            errors.append(str(exc))
 
-    stores = []
-
-    def queue_for_thread():
-        store = SqliteStore(db[0][len("sqlite:///") :])
-        stores.append(store)
-        return TaskQueue(store, queue.registry)
-
-    threads = [threading.Thread(target=force, args=(t,)) for t in tasks]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    for store in stores:
-        store.close()
-    assert results == {t.id: Status.COMPLETED for t in tasks}
-
-
-def test_run_one_returns_the_failure_of_a_dead_worker(db, make_pool):
-    _, queue = db
-    (task,) = queue.add([{"party": "DiesFirst", "data": {}}])
-    pool = make_pool(1)
-    assert pool.run_one(queue.claim_now(task.id)) == Status.QUEUED
-    assert queue.get(task.id).last_error["type"] == "WorkerDied"
-
-
-def test_run_one_waiting_when_the_pool_stops_gets_the_hand_back(db, make_pool, tmp_path):
-    _, queue = db
-    log = tmp_path / "log"
-    (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 30, "log": str(log)}}])
-    pool = make_pool(1)
-    answer = []
-    caller = threading.Thread(target=lambda: answer.append(pool.run_one(queue.claim_now(task.id))))
-    caller.start()
-    wait_for(lambda: lines(log))
-    pool.stop(grace=0.1)
-    caller.join(5)
-    assert not caller.is_alive() and answer == [Status.QUEUED]
-    assert queue.get(task.id).attempts == 0
-    with pytest.raises(RuntimeError, match="stopping"):
-        pool.run_one(task)
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join(10)
+    assert errors == ["workers are forked only from the main thread"] and pool.pids == []
 
 
 def test_stop_hands_back_running_tasks_without_spending_an_attempt(db, make_pool, tmp_path):
@@ -184,49 +167,28 @@ def test_stop_hands_back_running_tasks_without_spending_an_attempt(db, make_pool
     log = tmp_path / "log"
     (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 30, "log": str(log)}}])
     pool = make_pool(1)
-    pool.submit(queue.claim(1))
-    wait_for(lambda: lines(log))
-    start = time.monotonic()
+    pool.dispatch(queue.claim(1)[0])
+    wait_for(lambda: lines(log), what="the run to start")
     (done,) = pool.stop(grace=0.2)
-    assert time.monotonic() - start < 3
     assert done.released
     stored = queue.get(task.id)
     assert stored.status == Status.QUEUED and stored.attempts == 0 and stored.lease is None
     assert pool.pids == []
 
 
-def test_prefetched_tasks_are_handed_back_unstarted(db, make_pool, tmp_path):
-    _, queue = db
-    log = tmp_path / "log"
-    queue.add([{"party": "Sleepy", "data": {"seconds": 0.3, "log": str(log)}}])
-    queue.add([{"party": "Note", "data": {"log": str(log)}} for _ in range(2)])
-    pool = make_pool(1)
-    pool.submit(queue.claim(3), depth=3)
-    wait_for(lambda: lines(log))
-    pool.hand_back_unstarted()
-    finished = drain(pool, 3)
-    by_party = {}
-    for f in finished:
-        by_party.setdefault(f.task.party, []).append(f)
-    assert by_party["Sleepy"][0].status == Status.COMPLETED
-    assert all(f.released for f in by_party["Note"])
-    assert [line["party"] for line in lines(log)] == ["Sleepy"]
-    assert all(t.attempts == 0 for t in queue.list(status="queued"))
-
-
 def test_slot_reads_never_see_a_half_written_run():
-    from party.worker import _set_run, new_slot, read_slot
+    from party.pool.slot import Slot
 
-    slot = new_slot()
+    slot = Slot()
     pid = os.fork()
     if pid == 0:  # the writer: never writes a zero time or sequence number
         for seq in range(1, 300_000):
-            _set_run(slot, float(seq), seq if seq % 2 else -seq)
+            slot.set_run(float(seq), seq if seq % 2 else -seq)
         os._exit(0)
     seen = 0
     try:
         while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            started, seq, stop = read_slot(slot)
+            started, seq, stop = slot.read()
             if started:
                 assert abs(seq) == started and stop == 0
                 seen += 1
@@ -246,7 +208,8 @@ def test_workers_ignore_sigint_and_sigterm(make_pool, db):
     time.sleep(0.2)
     assert pool.poll() == [] and pool.pids == [pid]
     (task,) = queue.add([{"party": "Note", "data": {"n": 1}}])
-    assert pool.run_one(queue.claim_now(task.id)) == Status.COMPLETED
+    (done,) = run_all(pool, [queue.claim_now(task.id)])
+    assert done.status == Status.COMPLETED
 
 
 def test_workers_exit_when_their_parent_is_gone(db, registry, tmp_path):
@@ -260,11 +223,11 @@ def test_workers_exit_when_their_parent_is_gone(db, registry, tmp_path):
             time.sleep(60)
         finally:
             os._exit(0)
-    wait_for(lambda: pids_file.exists() and pids_file.read_text())
+    wait_for(lambda: pids_file.exists() and pids_file.read_text(), what="the pool's pids")
     workers = json.loads(pids_file.read_text())
     os.kill(parent, signal.SIGKILL)
     os.waitpid(parent, 0)
-    wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=5)
+    wait_for(lambda: not any(_alive(pid) for pid in workers), what="the workers to exit")
 
 
 def _alive(pid):
@@ -273,3 +236,88 @@ def _alive(pid):
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# -- the force-run service ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def force_runs(db, registry):
+    """A started ForceRunClient (its service forked from this process) and a way to run tasks."""
+    client = ForceRunClient(2, db[0], registry, lease_seconds=30)
+    client.start()
+
+    def run(*tasks, during=None):
+        async def main():
+            client.attach(asyncio.get_running_loop())
+            runs = [asyncio.ensure_future(client.run(t)) for t in tasks]
+            if during is not None:
+                await asyncio.get_running_loop().run_in_executor(None, during)
+            return await asyncio.gather(*runs, return_exceptions=True)
+
+        return asyncio.run(asyncio.wait_for(main(), 30))
+
+    yield client, run
+    client.stop()
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_force_runs_share_the_warm_workers_and_each_gets_its_status(db, force_runs):
+    _, queue = db
+    client, run = force_runs
+    tasks = queue.add([{"party": "Sleepy", "data": {"seconds": 0.05}} for _ in range(6)])
+    answers = run(*[queue.claim_now(t.id) for t in tasks])
+    assert answers == [Status.COMPLETED] * 6
+
+
+def test_force_run_returns_the_failure_of_a_worker_that_died_running_it(db, force_runs):
+    _, queue = db
+    client, run = force_runs
+    (task,) = queue.add([{"party": "DiesFirst", "data": {}}])
+    assert run(queue.claim_now(task.id)) == [Status.QUEUED]
+    assert queue.get(task.id).last_error["type"] == "WorkerDied"
+
+
+def test_force_run_whose_worker_dies_before_starting_it_runs_on_a_fresh_worker(db, force_runs):
+    _, queue = db
+    client, run = force_runs
+    wait_for(lambda: len(_children(client.pid)) == 2, what="the service's two workers")
+    workers = _children(client.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)  # they receive the run but cannot start it
+    (task,) = queue.add([{"party": "Note", "data": {"n": 3}}])
+
+    def kill_the_stopped_workers():
+        time.sleep(0.3)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+
+    assert run(queue.claim_now(task.id), during=kill_the_stopped_workers) == [Status.COMPLETED]
+    stored = queue.get(task.id)
+    assert stored.result == 3 and stored.attempts == 1
+
+
+def test_force_run_interrupted_by_the_stop_is_refused_and_handed_back(db, registry, tmp_path):
+    _, queue = db
+    log = tmp_path / "log"
+    (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 30, "log": str(log)}}])
+    client = ForceRunClient(1, db[0], registry, lease_seconds=30)
+    client.start()
+
+    async def main():
+        client.attach(asyncio.get_running_loop())
+        running = asyncio.ensure_future(client.run(queue.claim_now(task.id)))
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: wait_for(lambda: lines(log), what="the run to start")
+        )
+        client.stop(grace=0.1)
+        return await asyncio.gather(running, return_exceptions=True)
+
+    (answer,) = asyncio.run(asyncio.wait_for(main(), 30))
+    assert isinstance(answer, ForceRunUnavailable) and "server is stopping" in str(answer)
+    stored = queue.get(task.id)
+    assert (stored.status, stored.attempts, stored.lease) == (Status.QUEUED, 0, None)

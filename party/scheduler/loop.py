@@ -1,15 +1,14 @@
 """Scheduler: the loop that looks after a pool of workers that claim their own tasks.
 
-The workers claim due tasks from the store in queue order and run them (``worker.py``); the loop
-around them, steppable with ``tick(now)``, collects what they report, renews the leases of the
-tasks they hold well before those expire, recovers now and then the tasks whose lease expired (a
-crashed scheduler's), and lets the pool enforce timeouts and replace dead workers. ``run``
-repeats passes, sleeping until a worker reports, a lease needs renewing or the poll interval
-ends; it retries a store that stops answering with backoff, and on a stop request drains within
-the grace period and hands back what is unfinished. The loop has no queue rules of its own: those
-live in ``queue``. Imports ``pool``, ``queue``, ``model``, ``errors`` and ``timestamps``; never
-the server, tornado or ``signal`` (``main`` owns the signal handlers, which only set this loop's
-flags).
+The workers claim due tasks from the store in queue order, run them and keep their leases alive
+(``pool``); the loop around them, steppable with ``tick(now)``, collects what they report,
+recovers now and then the tasks whose lease expired (a crashed scheduler's), and lets the pool
+enforce timeouts and replace dead workers. ``run`` repeats passes, sleeping until a worker
+reports or the poll interval ends; it retries a store that stops answering with backoff, and on a
+stop request drains within the grace period and hands back what is unfinished. The loop has no
+queue rules of its own: those live in ``queue``. Imports ``pool``, ``queue``, ``model``,
+``errors`` and ``timestamps``; never the server, tornado or ``signal`` (``main`` owns the signal
+handlers, which only set this loop's flags).
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ class Tick:
     """What one pass did."""
 
     finished: list[Finished] = field(default_factory=list)
-    renewed: int = 0
-    lost: int = 0
     recovered: int = 0
 
 
@@ -73,25 +70,19 @@ class Scheduler:
         self.stop_requested = False
         self.abort_requested = False
         lease = queue.lease.total_seconds()
-        # Renew once a third of the lease is gone, so two renewals may fail before it expires.
-        self.renew_every = timedelta(seconds=lease / 3)
         self.recover_every = timedelta(seconds=min(max(lease / 2, 0.5), 30.0))
-        self._next_renew: datetime | None = None
         self._next_recover: datetime | None = None
 
     # -- one pass ------------------------------------------------------------------------------
 
     def tick(self, now: datetime | None = None) -> Tick:
-        """One pass: collect what the workers report, renew and recover leases when due.
+        """One pass: collect what the workers report, recover expired leases when due.
 
         Raises ``StoreUnavailable`` when the store does not answer (``run`` retries it).
         """
         now = now or self.clock()
         tick = Tick(finished=self.pool.poll())
         self.queue.store.maintain()
-        if self._next_renew is None or now >= self._next_renew:
-            self._renew(now, tick)
-            self._next_renew = now + self.renew_every
         if self._next_recover is None or now >= self._next_recover:
             while True:  # a crashed scheduler may have left more than one batch
                 recovered = len(self.queue.recover_expired(now=now, limit=RECOVER_BATCH))
@@ -100,18 +91,6 @@ class Scheduler:
                     break
             self._next_recover = now + self.recover_every
         return tick
-
-    def _renew(self, now: datetime, tick: Tick) -> None:
-        running = self.pool.running()
-        if not running:
-            return
-        kept = self.queue.renew(running, now=now)
-        tick.renewed = sum(kept)
-        lost = [task for task, ok in zip(running, kept, strict=True) if not ok]
-        tick.lost = len(lost)
-        # A lost lease is normal for a task that finished since the pool's last report.
-        for task in lost:
-            logger.debug("lease of task %s (%s) not renewed: no longer held", task.id, task.party)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -150,12 +129,10 @@ class Scheduler:
         return not self.queue.list(status=Status.RUNNING, limit=1)
 
     def _sleep_for(self) -> float:
-        """How long the loop may sleep: until a lease needs renewing, recovery is due or the
-        poll interval ends (a worker's report ends it sooner)."""
+        """How long the loop may sleep: until recovery is due or the poll interval ends (a
+        worker's report, a timeout or a worker's restart ends it sooner)."""
         now = self.clock()
         wake = now + timedelta(seconds=self.poll_interval)
-        if self.pool.busy and self._next_renew is not None:
-            wake = min(wake, self._next_renew)
         if self._next_recover is not None:
             wake = min(wake, self._next_recover)
         return max((wake - now).total_seconds(), 0.001)

@@ -20,11 +20,10 @@ from types import FrameType
 from .. import config
 from ..errors import ConfigError, RegistryError, StoreUnavailable
 from ..log import SCHEDULER, redact, setup_logging
-from ..pool import WorkerPool
+from ..pool import ClaimPolicy, WorkerPool
 from ..queue import TaskQueue
 from ..registry import discover
 from ..stores import load_backend
-from ..worker import ClaimPolicy
 from .loop import Scheduler
 
 logger = logging.getLogger(SCHEDULER)
@@ -60,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         backend = load_backend(settings.store)  # imported before the fork: workers inherit it
-    except ConfigError as exc:
+        # Created and migrated once here, so the workers never race to set up a fresh store; this
+        # connection is closed before the fork (a connection must never cross one).
+        backend.from_url(settings.store).close()
+    except (ConfigError, StoreUnavailable) as exc:
         logger.error("%s", exc)
         return 2
     pool = WorkerPool(

@@ -18,21 +18,20 @@ import signal
 import socket
 import stat
 import subprocess
-import threading
 from typing import Any
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from .. import log
 from ..config import Settings
 from ..errors import ConfigError
 from ..model import Status, Task
-from ..pool import PoolStopped, WorkerPool
+from ..pool.forcerun import ForceRunClient, ForceRunUnavailable
 from ..queue import TaskQueue
 from ..registry import Registry, discover
 from ..stores import open_store
 from .app import make_app
+from .connections import PartyHTTPServer, raise_fd_limit
 from .handlers import DRAIN_LIMIT, ApiError
 
 logger = logging.getLogger(log.SERVER)
@@ -145,10 +144,11 @@ def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None)
     if settings.socket:
         check_unix_path(settings.socket)
     registry = discover(settings.tasks)
-    # Fork the warm workers first, before any thread, store connection or listening socket exists.
-    pool = WorkerPool(
-        FORCE_RUN_WORKERS, settings.store, registry, lease_seconds=settings.lease, name="force-run"
-    )
+    # Created and migrated once, before any worker exists to race for it; closed before the fork.
+    open_store(settings.store).close()
+    # Fork the force-run service first, before any thread, store connection or listening socket
+    # exists: it forks (and replaces) the warm workers itself, so this process never forks again.
+    pool = ForceRunClient(FORCE_RUN_WORKERS, settings.store, registry, lease_seconds=settings.lease)
     pool.start()
     store = None
     bound: os.stat_result | None = None
@@ -181,86 +181,33 @@ def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None)
 
 
 class ForceRunner:
-    """Runs claimed tasks in the warm pool, each from a daemon thread, so the event loop never
-    blocks; tracks the runs in flight so a stopping server can let them finish first."""
+    """The force-run as the request handlers call it: runs a claimed task through the service and
+    turns a run that did not happen into a 503 saying so."""
 
-    def __init__(self, pool: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.pool = pool
-        self.loop = loop
-        self.pending: set[asyncio.Future[Status | None]] = set()
+    def __init__(self, client: ForceRunClient) -> None:
+        self.client = client
 
     async def __call__(self, task: Task) -> Status | None:
-        future: asyncio.Future[Status | None] = self.loop.create_future()
-        self.pending.add(future)
-        # A daemon thread, not an executor: a run cut short at shutdown must not keep the
-        # process alive waiting for a worker that is gone.
-        threading.Thread(
-            target=self._work, args=(task, future), name=f"force-run-{task.id}", daemon=True
-        ).start()
         try:
-            return await future
-        finally:
-            self.pending.discard(future)
-
-    def _work(self, task: Task, future: asyncio.Future[Status | None]) -> None:
-        try:
-            status = self.pool.run_one(task)
-        except PoolStopped:
-            self._settle(future, exc=ApiError(503, "the server is stopping; try again later"))
-        except BaseException as exc:  # handed to the request, which reports it
-            self._settle(future, exc=exc)
-        else:
-            self._settle(future, result=status)
-
-    def _settle(
-        self, future: asyncio.Future[Status | None], *, result: Any = None, exc: Any = None
-    ) -> None:
-        def settle() -> None:
-            if future.done():
-                return
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-        try:
-            self.loop.call_soon_threadsafe(settle)
-        except RuntimeError:
-            pass  # the loop is closed: the server has stopped
-
-    async def drain(self, timeout: float, abort: asyncio.Event) -> None:
-        """Wait up to ``timeout`` seconds for the runs in flight (less if ``abort`` is set)."""
-        deadline = self.loop.time() + timeout
-        if self.pending:
-            logger.info("waiting up to %g s for %d force-run(s)", timeout, len(self.pending))
-        while self.pending and self.loop.time() < deadline and not abort.is_set():
-            await asyncio.sleep(0.05)
-
-    def interrupt(self) -> None:
-        """Answer the runs still in flight with 503: the pool is about to be stopped."""
-        for future in list(self.pending):
-            if not future.done():
-                future.set_exception(
-                    ApiError(
-                        503,
-                        "the server is stopping and interrupted this run; the task is handed "
-                        "back to the queue (or recovered when its lease expires)",
-                    )
-                )
+            return await self.client.run(task)
+        except ForceRunUnavailable as exc:
+            raise ApiError(503, f"task {task.id} was not run: {exc}") from None
 
 
 async def _serve(
     settings: Settings,
     queue: TaskQueue,
     registry: Registry,
-    pool: Any,
+    pool: ForceRunClient,
     sockets: list[socket.socket],
     companion: subprocess.Popen[Any] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    runner = ForceRunner(pool, loop)
-    app = make_app(queue, registry, settings, runner)
-    server = HTTPServer(app, max_body_size=settings.max_body + DRAIN_LIMIT)
+    pool.attach(loop)
+    app = make_app(queue, registry, settings, ForceRunner(pool))
+    raise_fd_limit()
+    # Idle and head timeouts, and a calm accept loop when descriptors run out (connections).
+    server = PartyHTTPServer(app, max_body_size=settings.max_body + DRAIN_LIMIT)
     server.add_sockets(sockets)
     stopping = asyncio.Event()
     abort = asyncio.Event()
@@ -295,8 +242,8 @@ async def _serve(
     try:
         await stopping.wait()
         server.stop()  # no new connections; force-runs in flight may finish within the grace
-        await runner.drain(settings.grace, abort)
-        runner.interrupt()
+        await pool.drain(settings.grace, abort)
+        pool.stop(0.0)  # what still runs is handed back; its requests are answered 503
         await asyncio.sleep(0.05)  # let interrupted requests write their answer
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

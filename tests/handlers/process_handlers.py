@@ -89,3 +89,14 @@ class Ticker(TaskBase):
             runs = sum(1 for _ in f)
         if runs < self.data["runs"]:
             self.schedule_next_run(minutes=self.data["minutes"])
+
+
+class Span(TaskBase):
+    """Notes its start and its end around a sleep of ``data["seconds"]``: two runs of one task
+    that overlap show in the log."""
+
+    def run(self):
+        _note(self, edge="start")
+        time.sleep(self.data.get("seconds", 1))
+        _note(self, edge="end")
+        return "spanned"

@@ -1,0 +1,496 @@
+"""WorkerPool: long-lived worker processes forked after the handlers are imported, one pipe each.
+
+The pool owns the processes and the pipes to them: it forks ``size`` workers (``worker`` is the
+child's loop), enforces each handler's ``timeout`` by killing the worker, replaces a worker that
+dies and logs why (exit code or signal), restarting one that keeps dying young after a growing
+delay, and turns a run that died with its worker into a failed attempt (``queue.fail``, fenced by
+the lease) while handing back the runs that worker had not started. Forks happen only in
+``start`` and ``maintain``, from the main thread of a process that has no other threads (a fork
+from a threaded process can leave the child stuck on a lock another thread held). Its workers
+either claim their own tasks (the scheduler's pool, given a ``ClaimPolicy``: they tell the pool
+what they took) or run what the pool hands them (``dispatch``, for the force-run service). The
+leases of what a worker holds are kept alive by that worker (``leases``). Imports the package's
+``worker``, ``slot`` and ``messages``, and ``channel``, ``queue``, ``stores``, ``registry``,
+``model`` and ``timestamps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from ..channel import Channel, HasFileno, wait_readable
+from ..model import Status, Task
+from ..queue import TaskQueue, error_info
+from ..registry import Registry
+from ..stores import open_store
+from ..timestamps import system_now
+from . import messages
+from .claiming import ClaimPolicy
+from .leases import LEASE_LOST_EXIT
+from .messages import RELEASED, Claimed, Push, Report
+from .slot import Slot
+from .worker import NO_STORE_EXIT, STOP_SIGNALS, child_main
+
+logger = logging.getLogger(__name__)
+
+#: How often idle workers are checked with waitpid (a dead worker also closes its pipe).
+REAP_INTERVAL = 1.0
+#: A worker that dies sooner than this after its start counts as failing to start.
+STABLE_AFTER = 5.0
+#: First and longest delay before restarting a worker that keeps failing to start (seconds).
+FIRST_RESTART_DELAY = 0.1
+MAX_RESTART_DELAY = 30.0
+
+_EXIT_REASONS = {
+    NO_STORE_EXIT: "could not open the store",
+    LEASE_LOST_EXIT: "stopped: it could not keep the lease of its running task",
+}
+
+
+class PoolStopped(RuntimeError):
+    """The pool is stopping and takes no more work."""
+
+
+@dataclass
+class Finished:
+    """What became of a task handed to or claimed by the pool.
+
+    ``status`` is the task's status after the run (None when its outcome was discarded because
+    the lease was lost); ``released`` is True when it was handed back unstarted or at shutdown;
+    ``error`` is the error type of a failed run.
+    """
+
+    task: Task | Claimed
+    status: Status | None
+    duration: float = 0.0
+    error: str | None = None
+    released: bool = False
+    seq: int = 0
+
+
+@dataclass
+class _Child:
+    index: int
+    pid: int
+    conn: Channel
+    slot: Slot
+    born: float
+    inflight: dict[int, Task | Claimed] = field(default_factory=dict)
+
+
+class WorkerPool:
+    """``size`` forked workers that run claimed tasks; each opens its own store from ``store_url``.
+
+    Create and ``start`` it after the handlers are imported (``registry`` is inherited by the
+    fork). ``queue`` is the parent's own queue, used to fail or hand back the runs of dead workers;
+    by default the pool opens one on ``store_url`` when first needed. The owner calls ``poll``
+    (or ``wait`` then ``poll``) in its loop: that collects reports, kills overruns and restarts
+    dead workers when their delay has passed.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        store_url: str,
+        registry: Registry,
+        *,
+        lease_seconds: float = 60.0,
+        name: str = "worker",
+        queue: TaskQueue | None = None,
+        claim: ClaimPolicy | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a pool needs at least one worker, got {size}")
+        self.size = size
+        self.store_url = store_url
+        self.registry = registry
+        self.lease_seconds = lease_seconds
+        self.name = name
+        self._queue = queue
+        self.claim = claim
+        self._children: list[_Child | None] = [None] * size
+        self._restart_at: dict[int, float] = {}
+        self._failures = [0] * size
+        self._seq = 0
+        self._stopping = False
+        self._last_reap = time.monotonic()
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fork the workers."""
+        for index in range(self.size):
+            if self._children[index] is None:
+                self._spawn(index)
+        logger.info("%s pool started: %d workers", self.name, self.size)
+
+    def _spawn(self, index: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("workers are forked only from the main thread")
+        parent_conn, child_conn = Channel.pair()
+        slot = Slot()
+        name = f"{self.name}-{index}"
+        # Blocked across the fork so that a Ctrl-C arriving now cannot kill the child before it
+        # ignores the stop signals; the child unblocks them in child_main.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if pid == 0:  # the child never returns from this branch
+            code = 1
+            try:
+                parent_conn.close()
+                for other in self._children:
+                    if other is not None:
+                        # Only the parent may hold the parent's ends: a sibling holding one would
+                        # keep that worker from seeing EOF when the parent dies.
+                        other.conn.close()
+                code = child_main(
+                    child_conn,
+                    slot,
+                    self.store_url,
+                    self.registry,
+                    lease_seconds=self.lease_seconds,
+                    name=name,
+                    claim=self.claim,
+                )
+            except BaseException:
+                logger.exception("%s crashed", name)
+            finally:
+                os._exit(code)
+        child_conn.close()
+        self._children[index] = _Child(index, pid, parent_conn, slot, time.monotonic())
+        logger.debug("%s started (pid %d)", name, pid)
+
+    def maintain(self) -> None:
+        """Restart the workers whose restart delay has passed (main thread only)."""
+        if self._stopping or not self._restart_at:
+            return
+        now = time.monotonic()
+        for index, at in list(self._restart_at.items()):
+            if at <= now:
+                del self._restart_at[index]
+                self._spawn(index)
+
+    def attach_queue(self, queue: TaskQueue) -> None:
+        """Use ``queue`` (opened after the fork) to fail or hand back the runs of dead workers."""
+        self._queue = queue
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return [c.pid for c in self._children if c is not None]
+
+    # -- work ----------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while any worker holds a task that has not finished."""
+        return any(c is not None and c.inflight for c in self._children)
+
+    @property
+    def free(self) -> int:
+        """Number of live workers with nothing to do."""
+        return sum(1 for c in self._children if c is not None and not c.inflight)
+
+    @property
+    def held(self) -> int:
+        """Tasks workers hold that have not finished running (the prefetch and the runs); runs
+        finished but not yet reported do not count."""
+        return sum(_held(c) for c in self._children if c is not None)
+
+    def running(self) -> list[Task | Claimed]:
+        """Every task a worker holds and has not reported finished."""
+        return [t for c in self._children if c is not None for t in c.inflight.values()]
+
+    def dispatch(self, task: Task, not_before: float | None = None) -> int:
+        """Hand one claimed task to a free worker (``free`` must be > 0); return its sequence
+        number, which the ``Finished`` of its run carries. Only for pools whose workers do not
+        claim for themselves."""
+        if self.claim is not None:
+            raise ValueError("this pool's workers claim their own tasks")
+        if self._stopping:
+            raise PoolStopped(f"the {self.name} pool is stopping")
+        child = next((c for c in self._children if c is not None and not c.inflight), None)
+        if child is None:
+            raise ValueError("no free worker: check free before dispatching")
+        self._seq += 1
+        child.inflight[self._seq] = task
+        try:
+            child.conn.send([Push(self._seq, task, not_before)])
+        except OSError:
+            pass  # the worker died: the next poll sees its pipe closed and handles its task
+        return self._seq
+
+    def wait(self, timeout: float, extra: Iterable[int | HasFileno] = ()) -> bool:
+        """Block until a worker reports (or dies), an ``extra`` fd is readable, a running task's
+        timeout or a restart is due, or ``timeout`` seconds pass. True when something is ready."""
+        conns = [c.conn for c in self._children if c is not None]
+        timeout = min(timeout, self._next_deadline())
+        return wait_readable([*conns, *extra], max(0.0, timeout))
+
+    def poll(self, timeout: float = 0.0) -> list[Finished]:
+        """Collect what finished: reports, dead workers (replaced in time), killed overruns.
+
+        Waits up to ``timeout`` seconds for the first report.
+        """
+        if timeout > 0:
+            self.wait(timeout)
+        finished: list[Finished] = []
+        for child in list(self._children):
+            if child is None:
+                continue
+            try:
+                while child.conn.poll():
+                    finished.extend(self._finish(child, child.conn.recv()))
+            except (EOFError, OSError):
+                finished.extend(self._on_death(child, self._reap(child, block=True)))
+                continue
+            finished.extend(self._check_timeout(child))
+        if time.monotonic() - self._last_reap > REAP_INTERVAL:
+            self._last_reap = time.monotonic()
+            for child in list(self._children):
+                if child is not None:
+                    reason = self._reap(child, block=False)
+                    if reason is not None:
+                        finished.extend(self._on_death(child, reason))
+        self.maintain()
+        return finished
+
+    def _finish(self, child: _Child, wires: list[messages.Wire]) -> list[Finished]:
+        finished = []
+        for wire in wires:
+            message = messages.decode(wire)
+            if isinstance(message, Claimed):
+                child.inflight[message.seq] = message
+                continue
+            task = child.inflight.pop(message.seq, None)
+            if task is not None:
+                finished.append(_finished(task, message))
+        return finished
+
+    def _next_deadline(self) -> float:
+        now = time.monotonic()
+        soonest = min(self._restart_at.values(), default=float("inf")) - now
+        for child in self._children:
+            if child is None or not child.inflight:
+                continue
+            started, seq, _ = child.slot.read()
+            limit = self._timeout_of(child.inflight.get(seq))
+            if limit is not None:
+                soonest = min(soonest, started + limit - now)
+        return soonest
+
+    def _timeout_of(self, task: Task | Claimed | None) -> float | None:
+        if task is None:
+            return None
+        handler = self.registry.get(task.party)
+        return None if handler is None or handler.timeout is None else float(handler.timeout)
+
+    def _check_timeout(self, child: _Child) -> list[Finished]:
+        started, seq, _ = child.slot.read()
+        limit = self._timeout_of(child.inflight.get(seq))
+        if limit is None or time.monotonic() - started < limit:
+            return []
+        task = child.inflight[seq]
+        logger.warning(
+            "task %s (%s) attempt %d overran its timeout of %g s: killing %s-%d (pid %d)",
+            task.id, task.party, task.attempts, limit, self.name, child.index, child.pid,
+        )  # fmt: skip
+        _kill(child.pid)
+        reason = self._reap(child, block=True) or "killed"
+        return self._on_death(child, reason, timed_out=limit)
+
+    def _reap(self, child: _Child, *, block: bool) -> str | None:
+        """Why the worker ended (None if it still runs)."""
+        try:
+            pid, status = os.waitpid(child.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return "vanished"
+        if pid == 0:
+            return None
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            return f"killed by signal {sig} ({signal.Signals(sig).name})"
+        code = os.waitstatus_to_exitcode(status)
+        why = _EXIT_REASONS.get(code)
+        return f"exited with code {code}" + (f" ({why})" if why else "")
+
+    def _on_death(
+        self, child: _Child, reason: str, *, timed_out: float | None = None
+    ) -> list[Finished]:
+        """Account for a dead worker's tasks and schedule its replacement (unless stopping)."""
+        name = f"{self.name}-{child.index}"
+        child.conn.close()
+        self._children[child.index] = None
+        started, seq, _ = child.slot.read()
+        child.slot.close()
+        tasks = dict(child.inflight)
+        running = tasks.pop(seq, None)
+        finished: list[Finished] = []
+        if running is not None and not self._stopping:
+            finished.append(self._fail_run(running, seq, started, name, child.pid, reason,
+                                           timed_out))  # fmt: skip
+        elif running is not None:
+            tasks[seq] = running  # a worker that dies during a shutdown is a hand-back
+        if tasks:
+            finished.extend(self._hand_back(tasks))
+        if self._stopping:
+            logger.info("%s (pid %d) %s", name, child.pid, reason)
+            return finished
+        # A worker that dies young (it cannot open its store, a start hook fails) is restarted
+        # after a delay that doubles each time, so a broken start never spins the CPU.
+        young = time.monotonic() - child.born < STABLE_AFTER and timed_out is None
+        failures = self._failures[child.index] = self._failures[child.index] + 1 if young else 0
+        delay = 0.0 if not failures else min(
+            FIRST_RESTART_DELAY * 2 ** (failures - 1), MAX_RESTART_DELAY
+        )  # fmt: skip
+        if delay:
+            logger.warning("%s (pid %d) %s; starting a new one in %.1f s", name, child.pid,
+                           reason, delay)  # fmt: skip
+        else:
+            logger.warning("%s (pid %d) %s; starting a new one", name, child.pid, reason)
+        self._restart_at[child.index] = time.monotonic() + delay
+        if threading.current_thread() is threading.main_thread():
+            self.maintain()
+        return finished
+
+    def _fail_run(
+        self,
+        running: Task | Claimed,
+        seq: int,
+        started: float,
+        name: str,
+        pid: int,
+        reason: str,
+        timed_out: float | None,
+    ) -> Finished:
+        duration = time.monotonic() - started
+        if timed_out is not None:
+            kind, message = "Timeout", f"timed out after {timed_out:g} s"
+        else:
+            kind = "WorkerDied"
+            message = f"the worker process running it ({name}, pid {pid}) {reason}"
+        status = None
+        failed = self._full_task(running)
+        if failed is not None:
+            failed.started_on = system_now() - timedelta(seconds=duration)
+            error = error_info(kind, message, at=system_now())
+            status = self._store_call("fail", failed, error)
+        if failed is not None or timed_out is not None:
+            logger.warning(
+                "task %s (%s) attempt %d failed after %.3fs: %s; %s",
+                running.id, running.party, running.attempts, duration, message,
+                "will retry" if status == Status.QUEUED else f"task is {status}",
+            )  # fmt: skip
+        return Finished(running, status, duration, kind, seq=seq)
+
+    def _full_task(self, item: Task | Claimed) -> Task | None:
+        """The task a run was of, as the store has it under this run's lease (None when it is
+        gone or its lease is no longer this run's: the worker recorded it before dying)."""
+        task = self._store_call("get", item.id)
+        if not isinstance(task, Task) or task.lease != item.lease:
+            return None
+        return task
+
+    def _hand_back(self, tasks: dict[int, Task | Claimed]) -> list[Finished]:
+        released = self._store_call("release", list(tasks.values()))
+        if not isinstance(released, list):
+            released = [False] * len(tasks)
+        return [
+            Finished(task, Status.QUEUED if ok else None, released=True, seq=seq)
+            for (seq, task), ok in zip(tasks.items(), released, strict=True)
+        ]
+
+    def _store_call(self, method: str, *args: object) -> object:
+        # The task's lease stays in the store if this fails, so lease recovery takes it over.
+        try:
+            if self._queue is None:
+                self._queue = TaskQueue(
+                    open_store(self.store_url), self.registry, lease_seconds=self.lease_seconds
+                )
+            return getattr(self._queue, method)(*args)
+        except Exception as exc:
+            logger.error(
+                "%s pool: %s failed, lease recovery will take over: %s", self.name, method, exc
+            )
+            return None
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def hand_back_unstarted(self) -> None:
+        """Ask every worker to hand back the tasks it holds but has not started (shutdown)."""
+        self._stopping = True
+        self._restart_at.clear()
+        for child in self._children:
+            if child is not None:
+                child.slot.set_stop()
+
+    def stop(self, grace: float = 0) -> list[Finished]:
+        """Stop the workers: let running tasks finish for up to ``grace`` seconds, then kill the
+        workers and hand their unfinished tasks back to the queue (no attempt spent)."""
+        self.hand_back_unstarted()
+        finished: list[Finished] = []
+        deadline = time.monotonic() + grace
+        while self.busy and time.monotonic() < deadline:
+            finished.extend(self.poll(min(0.1, max(0.0, deadline - time.monotonic()))))
+        finished.extend(self.poll())
+        children = [c for c in self._children if c is not None]
+        for child in children:
+            child.conn.close()  # an idle worker exits on EOF; a busy one is killed below
+        exit_by = time.monotonic() + 0.5
+        for child in children:
+            while not child.inflight and time.monotonic() < exit_by:
+                if self._reap(child, block=False) is not None:
+                    break
+                time.sleep(0.005)
+            else:
+                _kill(child.pid)
+                self._reap(child, block=True)
+            self._children[child.index] = None
+            if child.inflight:
+                finished.extend(self._hand_back(dict(child.inflight)))
+        logger.info("%s pool stopped", self.name)
+        return finished
+
+    def kill(self) -> None:
+        """Kill every worker at once, writing nothing (an immediate exit; leases recover)."""
+        self._stopping = True
+        self._restart_at.clear()
+        for child in self._children:
+            if child is not None:
+                _kill(child.pid)
+                self._reap(child, block=True)
+                child.conn.close()
+        self._children = [None] * self.size
+
+
+def _finished(task: Task | Claimed, report: Report) -> Finished:
+    if report.status == RELEASED:
+        return Finished(task, Status.QUEUED, released=True, seq=report.seq)
+    status = None if report.status is None else Status(report.status)
+    return Finished(task, status, report.duration, report.error, seq=report.seq)
+
+
+def _held(child: _Child) -> int:
+    # Sequence numbers rise in the order a worker runs its tasks; the slot holds the current one.
+    _, current, _ = child.slot.read()
+    unstarted = sum(1 for seq in child.inflight if seq > abs(current))
+    return unstarted + (1 if current > 0 and current in child.inflight else 0)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
