@@ -801,6 +801,10 @@ class SqliteStore(Store):
         return None if row is None else from_micros(row[0])
 
     def stats(self, now: datetime) -> dict[str, Any]:
+        """Counts from the ``counts`` table; ``due`` by counting, in the order index, whichever
+        side of ``now`` is smaller (the due tasks, or the queued ones not yet due): both are
+        counted up to a cap that grows fourfold until one side ends under it, so the cost is
+        a few times the smaller side, not the table."""
         now_us = to_micros(now)
         with self._guard() as db:
             groups = db.execute("SELECT party, status, n FROM counts WHERE n > 0").fetchall()
@@ -840,10 +844,6 @@ class SqliteStore(Store):
                 )
             try:
                 left = max(1, int((deadline - time.monotonic()) * 1000))
-        """Counts from the ``counts`` table; ``due`` by counting, in the order index, whichever
-        side of ``now`` is smaller (the due tasks, or the queued ones not yet due): both are
-        counted up to a cap that grows fourfold until one side ends under it, so the cost is
-        a few times the smaller side, not the table."""
                 self._db.execute(f"PRAGMA busy_timeout = {left}")
                 try:
                     self._db.execute(
