@@ -5,9 +5,9 @@
 use. Client commands reach the server through ``--socket`` or ``--host``/``--port`` and
 ``--token`` (or ``PARTY_SOCKET``, ``PARTY_HOST``, ``PARTY_PORT``, ``PARTY_TOKEN``), print tables
 for people or ``--json`` for scripts, and exit 1 with the server's message when it refuses. ``up``
-runs the server here and the scheduler as a child process. An entry point: it configures logging
-and may touch signals. Imports ``config``, ``log``, ``errors``, ``client`` and (lazily)
-``server.listen``.
+supervises a server and a scheduler as two child processes (``party.up``). An entry point: it
+configures logging. Imports ``config``, ``log``, ``errors``, ``client`` and (lazily)
+``server.listen`` and ``up``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import argparse
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -32,8 +30,8 @@ SERVER_SETTINGS = (
     "max_body", "max_batch", "lease", "log_level",
 )  # fmt: skip
 CLIENT_SETTINGS = ("socket", "host", "port", "token")
-#: Settings ``up`` passes on to the scheduler through its environment.
-SCHEDULER_ENV = ("workers", "poll_interval", "grace", "lease")
+#: ``up`` takes every setting of the server and of the scheduler and passes each on.
+UP_SETTINGS = SERVER_SETTINGS + ("workers", "poll_interval", "grace")
 LIST_COLUMNS = ("_id", "party", "status", "attempts", "timestamp", "data")
 
 
@@ -49,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser(
         "up", help="run the server and the scheduler together (Ctrl-C stops both)"
     )
-    config.add_arguments(up, SERVER_SETTINGS + ("workers", "poll_interval", "grace"))
+    config.add_arguments(up, UP_SETTINGS)
 
     client = argparse.ArgumentParser(add_help=False)
     config.add_arguments(client, CLIENT_SETTINGS)
@@ -112,59 +110,13 @@ def _run_server(args: argparse.Namespace) -> int:
 
     settings = config.load(args)
     setup_logging(settings.log_level)
-    from .server.listen import serve
-
     if args.command == "serve":
+        from .server.listen import serve
+
         return serve(settings)
-    return _up(settings)
+    from .up import run
 
-
-def _up(settings: config.Settings) -> int:
-    """The server in this process and the scheduler as a child in the same process group."""
-    command = [sys.executable, "-m", "party.scheduler", "--store", settings.store]
-    if settings.tasks:
-        command += ["--tasks", ",".join(settings.tasks)]
-    command += ["--log-level", settings.log_level]
-    env = dict(os.environ)
-    for name in SCHEDULER_ENV:
-        env[config.env_name(name)] = str(getattr(settings, name))
-    child = subprocess.Popen(command, env=env)
-    try:
-        code = _serve_beside(settings, child)
-    finally:
-        _stop_child(child, settings.grace + 10)
-    if code == 0 and child.returncode not in (0, None):
-        return 1
-    return code
-
-
-def _serve_beside(settings: config.Settings, child: subprocess.Popen[Any]) -> int:
-    from .server.listen import serve
-
-    try:
-        return serve(settings, companion=child)
-    except BaseException:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-        raise
-
-
-def _stop_child(child: subprocess.Popen[Any], wait: float) -> None:
-    """Wait for the scheduler to finish its own graceful stop; SIGTERM, then SIGKILL, if it lingers.
-
-    Ctrl-C reaches the whole process group, and the server passes a SIGTERM on, so the child
-    normally stops by itself; signalling it again would cut its grace period short.
-    """
-    for sig, timeout in ((None, wait), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if sig is not None and child.poll() is None:
-            child.send_signal(sig)
-        try:
-            child.wait(timeout)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except KeyboardInterrupt:
-            continue  # a second Ctrl-C: move on to the next, firmer step
+    return run(settings)
 
 
 # -- the client commands ----------------------------------------------------------------------

@@ -169,3 +169,22 @@ def load(
     if logging.getLevelName(settings.log_level) == f"Level {settings.log_level}":
         raise ConfigError(f"unknown log level {settings.log_level!r}")
     return settings
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """Every setting as the ``PARTY_*`` variable that ``load`` reads back to the same value (a
+    setting that is None is left out): how ``party up`` hands its settings to its children
+    without putting a token on a command line."""
+    environ: dict[str, str] = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        elif isinstance(value, tuple):
+            text = ",".join(value)
+        else:
+            text = str(value)
+        environ[env_name(f.name)] = text
+    return environ

@@ -2,17 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from party import cli
-from party.client import BlockingHTTPClient, PartyClientError
-from tests.serving import HANDLERS, ROOT, ServerThread, free_port
+from tests.serving import ROOT, ServerThread
 
 
 @pytest.fixture(scope="module")
@@ -138,49 +134,3 @@ def test_python_dash_m_party_reads_the_environment(served):
         [sys.executable, "-m", "party", "health"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr
-
-
-@pytest.mark.processes
-@pytest.mark.skipif(
-    not (ROOT / "party" / "scheduler" / "__main__.py").exists(), reason="no scheduler yet"
-)
-def test_up_runs_server_and_scheduler_and_ctrl_c_stops_both(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARTY_")}
-    env.update(PARTY_WORKERS="1", PARTY_POLL_INTERVAL="0.2", PARTY_GRACE="5")
-    log = open(tmp_path / "up.log", "wb")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "party", "up", "--store", f"sqlite:///{tmp_path}/p.db",
-         "--tasks", str(HANDLERS), "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, as a terminal gives it
-    )  # fmt: skip
-    try:
-        with BlockingHTTPClient(f"127.0.0.1:{port}", timeout=5) as con:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    task = con.add("Noop", {"return": "via scheduler"})
-                    break
-                except PartyClientError:
-                    assert up.poll() is None and time.monotonic() < deadline, _read(tmp_path)
-                    time.sleep(0.1)
-            while con.get(task["_id"])["status"] != "completed":
-                assert time.monotonic() < deadline, _read(tmp_path)
-                time.sleep(0.05)
-            assert con.get(task["_id"])["result"] == "via scheduler"
-        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C: the whole group
-        assert up.wait(20) == 0, _read(tmp_path)
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        log.close()
-    text = _read(tmp_path)
-    assert "server stopped" in text
-    with pytest.raises(ProcessLookupError):
-        os.killpg(up.pid, 0)  # nothing of the group is left: the scheduler and workers are gone
-
-
-def _read(tmp_path):
-    return Path(tmp_path / "up.log").read_text(errors="replace")

@@ -23,7 +23,7 @@ LAYERS = {
     "runner": 4,
     "pool": 5,
     "server": 6, "scheduler": 6,
-    "cli": 7, "__main__": 7,
+    "cli": 7, "__main__": 7, "up": 7,
 }  # fmt: skip
 SERVICES = 6
 ENTRY_POINTS = 7
@@ -36,7 +36,7 @@ HOMES = {
     "pymongo": ("stores/mongo.py",),
     "bson": ("stores/mongo.py", "model.py", "stores/sqlite.py"),
     "multiprocessing": ("pool/",),
-    "signal": ("server/listen.py", "scheduler/main.py", "cli.py", "pool/"),
+    "signal": ("server/listen.py", "scheduler/main.py", "cli.py", "up.py", "pool/"),
 }
 
 

@@ -17,8 +17,6 @@ import os
 import signal
 import socket
 import stat
-import subprocess
-from typing import Any
 
 from tornado.netutil import bind_sockets
 
@@ -133,11 +131,9 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None) -> int:
+def serve(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status.
 
-    ``companion`` is a child process (the scheduler of ``party up``) that is watched: when it
-    exits the server stops too, and a SIGTERM the server receives is passed on to it.
     Raises ``ConfigError`` (bad address, live socket) before anything is started.
     """
     check_exposure(settings)
@@ -170,7 +166,7 @@ def serve(settings: Settings, *, companion: subprocess.Popen[Any] | None = None)
             len(registry),
             ", ".join(registry.names),
         )
-        return asyncio.run(_serve(settings, queue, registry, pool, sockets, companion))
+        return asyncio.run(_serve(settings, queue, registry, pool, sockets))
     finally:
         pool.stop()
         if store is not None:
@@ -200,7 +196,6 @@ async def _serve(
     registry: Registry,
     pool: ForceRunClient,
     sockets: list[socket.socket],
-    companion: subprocess.Popen[Any] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     pool.attach(loop)
@@ -211,7 +206,6 @@ async def _serve(
     server.add_sockets(sockets)
     stopping = asyncio.Event()
     abort = asyncio.Event()
-    exit_code = 0
 
     def on_signal(signum: int) -> None:
         if stopping.is_set():
@@ -219,26 +213,11 @@ async def _serve(
             abort.set()
             return
         logger.info("received %s: stopping", signal.Signals(signum).name)
-        if companion is not None and signum == signal.SIGTERM and companion.poll() is None:
-            companion.send_signal(signal.SIGTERM)  # SIGINT reaches it from the terminal already
         stopping.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    async def watch_companion() -> None:
-        nonlocal exit_code
-        assert companion is not None
-        while not stopping.is_set() and companion.poll() is None:
-            await asyncio.sleep(0.25)
-        if not stopping.is_set():
-            logger.error(
-                "the scheduler exited (status %s): stopping the server", companion.returncode
-            )
-            exit_code = 1
-            stopping.set()
-
-    watcher = asyncio.ensure_future(watch_companion()) if companion is not None else None
     try:
         await stopping.wait()
         server.stop()  # no new connections; force-runs in flight may finish within the grace
@@ -250,9 +229,7 @@ async def _serve(
             loop.remove_signal_handler(signum)
         server.stop()
         await server.close_all_connections()
-        if watcher is not None:
-            await watcher
-    return exit_code
+    return 0
 
 
 def _remove_own_socket(path: str, bound: os.stat_result) -> None:
