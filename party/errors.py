@@ -5,7 +5,8 @@
     PartyError
      ├── ConfigError          a setting is missing or wrong (names the variable and the fix)
      ├── RegistryError        handler discovery failed (duplicate name, unimportable source)
-     ├── StoreUnavailable     the store did not answer
+     ├── StoreUnavailable     the store did not answer, or cannot take a write
+     │    └── StoreBusy       a lock the call needs was not had in the time it was given
      └── TaskException        a request about tasks that cannot be honoured (the seeds' name)
           ├── ValidationError the input is malformed: nothing was written       (HTTP 400)
           ├── NotFound        no task with that id                              (HTTP 404)
@@ -31,6 +32,11 @@ class RegistryError(PartyError):
 
 class StoreUnavailable(PartyError):
     """The store could not be reached or did not answer in time."""
+
+
+class StoreBusy(StoreUnavailable):
+    """A lock the call needs (the connection, the writers' lock) was not had within the wait the
+    caller set with ``Store.lock_wait``; nothing was written."""
 
 
 class TaskException(PartyError):

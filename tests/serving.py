@@ -54,11 +54,12 @@ class ServerProcess:
     def address(self):
         return self.sock or f"{self.host}:{self.port}"
 
-    def start(self, wait=True, token=None):
+    def start(self, wait=True, token=None, preexec_fn=None):
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
-        )
+            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
+        )  # fmt: skip
         if wait:
             self.wait_ready(token)
         return self
@@ -99,7 +100,8 @@ class ServerProcess:
 class ServerThread:
     """The Party app served inside this process on ``sock`` and a TCP port, until ``stop``."""
 
-    def __init__(self, store_path, sock, *, token=None, max_body=1 << 20, max_batch=100):
+    def __init__(self, store_path, sock, *, token=None, max_body=1 << 20, max_batch=100,
+                 **server_options):  # fmt: skip
         from party.config import Settings
         from party.queue import TaskQueue
         from party.registry import discover
@@ -107,6 +109,7 @@ class ServerThread:
 
         self.sock = str(sock)
         self.port = free_port()
+        self.server_options = server_options  # PartyHTTPServer's (idle_timeout, head_timeout)
         self.settings = Settings(token=token, max_body=max_body, max_batch=max_batch)
         self.queue = TaskQueue(SqliteStore(store_path), discover([str(HANDLERS)]))
         self._started = threading.Event()
@@ -121,10 +124,9 @@ class ServerThread:
         asyncio.run(self._serve())
 
     async def _serve(self):
-        from tornado.httpserver import HTTPServer
-
         from party.runner import execute
         from party.server.app import make_app
+        from party.server.connections import PartyHTTPServer
         from party.server.listen import bind_tcp, bind_unix_socket
 
         loop = asyncio.get_running_loop()
@@ -135,7 +137,7 @@ class ServerThread:
             return status
 
         app = make_app(self.queue, self.queue.registry, self.settings, runner)
-        self.server = HTTPServer(app)
+        self.server = PartyHTTPServer(app, **self.server_options)
         self.server.add_sockets([bind_unix_socket(self.sock), *bind_tcp("127.0.0.1", self.port)])
         self.loop = loop
         self._stop = asyncio.Event()

@@ -3,7 +3,8 @@
 Nothing here opens a store, forks or binds: the caller (``server.listen`` or a test) passes the
 queue, the settings and the force-run runner in, and each handler receives them through
 ``initialize`` (``AddTasks``, which serves the ordinary ``POST /tasks``, through its constructor).
-Imports tornado, ``config``, ``queue`` and ``server.handlers``.
+The store threads and the cached probes are made here too, one set per application. Imports
+tornado, ``config``, ``queue`` and ``server.handlers``/``offload``/``probes``/``pipeline``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from ..queue import TaskQueue
 from ..registry import Registry
 from .handlers import (
     AddTasks,
-    Context,
     HealthHandler,
     NotFoundHandler,
     Runner,
@@ -27,6 +27,9 @@ from .handlers import (
     TasksHandler,
     log_request,
 )
+from .offload import StoreCalls
+from .pipeline import Context
+from .probes import HealthCheck, StatsCache
 
 
 def make_app(
@@ -42,9 +45,13 @@ def make_app(
     ctx = Context(
         queue=queue,
         runner=runner,
+        calls=StoreCalls(queue.store),
+        stats=StatsCache(queue.stats),
+        health=HealthCheck(queue.store.check_writable),
         max_body=settings.max_body,
         max_batch=settings.max_batch,
         token=settings.token,
+        insecure=settings.insecure,
     )
     shared = {"ctx": ctx}
     return PartyApplication(

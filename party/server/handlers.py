@@ -1,23 +1,24 @@
 """Tornado request handlers: one per resource, all answering JSON, errors as ``{"error": ...}``.
 
-``JSONHandler`` is the base: ``initialize`` receives the shared ``Context`` (queue, limits, token,
-force-run runner), ``prepare`` checks the token in constant time before any body is read, the body
-is streamed so an oversized one is answered 413 without being kept, ``write_error`` turns every
-exception into one JSON error shape, and ``log_request`` writes one line per request. Handlers call
-the queue directly (its store calls are short and keep the request path lean); only a force-run
-leaves the event loop, through the injected runner. ``AddTasks`` serves the common ``POST /tasks``
-below the ``RequestHandler`` machinery, with the same answers. The wire shape lives in ``wire``.
-Imports tornado, ``queue``, ``model``, ``errors`` and ``server.wire``; no store module, no pool.
+``JSONHandler`` is the base: ``initialize`` receives the shared ``Context``; ``prepare`` passes the
+request through ``pipeline.check_request`` (token, ``Host``/``Origin``, size) before any body is
+read; the body is streamed so an oversized one is answered 413 without being kept; ``write_error``
+turns every exception into one JSON error shape through ``pipeline.error_answer``; and
+``log_request`` writes one line per request. Every queue call leaves the event loop through
+``ctx.calls`` (a pool of store threads with a deadline: a stalled store is a 503, not a frozen
+server), but for the small add that ``try_add_inline`` runs in place when the store's locks are
+free. ``GET /stats`` and ``GET /health`` are served from ``probes``' caches. ``AddTasks`` serves
+the common ``POST /tasks`` below the ``RequestHandler`` machinery, through the same check and with
+the same answers. The wire shape lives in ``wire``. Imports tornado, ``queue``, ``model``,
+``errors`` and ``server.wire``/``pipeline``/``probes``/``offload``; no store module, no pool.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import tornado
@@ -29,21 +30,33 @@ from tornado.httputil import (
     format_timestamp,
     responses,
 )
+from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from .. import log
-from ..errors import Conflict, NotFound, StoreUnavailable, TaskException, ValidationError
+from ..errors import StoreBusy, StoreUnavailable, TaskException
 from ..model import Status, Task
-from ..queue import TaskQueue
 from . import wire
+from .pipeline import (
+    DRAIN_LIMIT,
+    ApiError,
+    Context,
+    body_too_large,
+    check_request,
+    error_answer,
+)
+
+__all__ = ["DRAIN_LIMIT", "ApiError", "Context", "Runner"]
 
 logger = logging.getLogger(log.SERVER)
 
-#: How far past ``max_body`` a declared body is still read (and dropped) so the client, still
-#: sending, can read the 413; beyond it the connection is closed after the answer.
-DRAIN_LIMIT = 64 * 1024 * 1024
-
 Runner = Callable[[Task], Awaitable["Status | None"]]
+
+#: Bodies up to this size are parsed on the event loop; larger ones in a store thread, item by
+#: item, so no request waits behind the parse of another's megabytes.
+INLINE_BODY = 64 * 1024
+#: Batches up to this many tasks may be inserted on the event loop when the store allows it.
+INLINE_ITEMS = 16
 
 ENDPOINTS = (
     "POST /tasks, GET /tasks, GET /task/<id>, POST /task/<id>, DELETE /task/<id>, "
@@ -51,44 +64,10 @@ ENDPOINTS = (
 )
 
 
-@dataclass(frozen=True)
-class Context:
-    """What every handler shares: the queue, the limits, the token and the force-run runner."""
-
-    queue: TaskQueue
-    runner: Runner
-    max_body: int
-    max_batch: int
-    token: str | None = None
-
-    @cached_property
-    def authorization(self) -> bytes | None:
-        """The exact ``Authorization`` header value a request must carry (None: no token)."""
-        return None if self.token is None else b"Bearer " + self.token.encode()
-
-
-class ApiError(HTTPError):
-    """An HTTP error with the message the client sees (and, for a batch, the item's index)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        index: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(status)
-        self.message = message
-        self.index = index
-        self.headers = headers or {}
-
-
 @stream_request_body
 class JSONHandler(RequestHandler):
-    """Base of every Party handler: token, streamed body with a size limit, one error shape."""
-
-    requires_token = True
+    """Base of every Party handler: the request checks, a streamed body with a size limit, one
+    error shape."""
 
     def initialize(self, ctx: Context) -> None:  # type: ignore[override]
         self.ctx = ctx
@@ -105,27 +84,26 @@ class JSONHandler(RequestHandler):
         return None  # responses are live state; hashing every body would only cost time
 
     def prepare(self) -> None:
-        if self.requires_token and self.ctx.token is not None:
-            header = self.request.headers.get("Authorization")
-            expected = self.ctx.authorization
-            assert expected is not None
-            if header is None:
-                self._unauthorized(
-                    "this server requires a token: send 'Authorization: Bearer <token>'"
-                )
-            if not hmac.compare_digest(header.encode("utf-8", "replace"), expected):
-                self._unauthorized(
-                    "wrong token: send 'Authorization: Bearer <token>' with the server's token"
-                )
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.ctx.max_body:
-            if int(declared) > self.ctx.max_body + DRAIN_LIMIT:
-                raise self._body_too_large(int(declared))
+        try:
+            declared = check_request(self.request, self.ctx)
+        except ApiError as exc:
+            if exc.status_code == 413:
+                raise
+            # Answered once the body (within the limit) is read and dropped: answering before
+            # it would make Tornado close a kept-alive connection.
             self._too_large = True
-            self._size = int(declared)
+            self._refusal = exc
+            setattr(self, self.request.method.lower(), self._refuse)  # type: ignore[union-attr]
+            return
+        if declared is not None and declared > self.ctx.max_body:
+            self._too_large = True
+            self._size = declared
 
-    def _unauthorized(self, message: str) -> None:
-        raise ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="party"'})
+    _refusal: ApiError | None = None
+
+    def _refuse(self, *args: Any) -> None:
+        assert self._refusal is not None
+        raise self._refusal
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:
@@ -137,18 +115,13 @@ class JSONHandler(RequestHandler):
         else:
             self._chunks.append(chunk)
 
-    def _body_too_large(self, size: int) -> ApiError:
-        return ApiError(
-            413,
-            f"request body of {size} bytes is over the limit of {self.ctx.max_body} bytes "
-            "(--max-body / PARTY_MAX_BODY); send fewer tasks per request",
-        )
-
-    def json_body(self) -> Any:
-        """The decoded request body (None when empty); 413 when it was over the limit."""
+    def body(self) -> bytes:
+        """The request body; 413 when it was over the limit."""
         if self._too_large:
-            raise self._body_too_large(self._size)
-        return wire.loads(b"".join(self._chunks))
+            raise body_too_large(self._size, self.ctx.max_body)
+        body = b"".join(self._chunks)
+        self._chunks = []
+        return body
 
     def send_json(self, value: Any, status: int = 200) -> None:
         """Finish the request with ``value`` as its JSON body."""
@@ -158,7 +131,17 @@ class JSONHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs["exc_info"][1] if "exc_info" in kwargs else None
-        status, body = _error_response(self, exc, status_code)
+        if status_code == 405 and not isinstance(exc, ApiError):
+            allowed = [m for m in ("GET", "POST", "DELETE") if _overrides(self, m)]
+            status, body = (
+                405,
+                {
+                    "error": f"{self.request.method} is not allowed on {self.request.path}; "
+                    f"allowed: {', '.join(allowed)}"
+                },
+            )
+        else:
+            status, body = error_answer(exc, status_code, self._reason)
         if status != status_code:
             self.set_status(status)
         if isinstance(exc, ApiError):
@@ -176,48 +159,11 @@ def _log_failure(request: HTTPServerRequest, exc: BaseException) -> None:
     """Log an exception that ended a request, unless it is an expected answer (4xx, 409...)."""
     if isinstance(exc, HTTPError | TaskException):
         return  # expected: the request's log line carries the message
-    summary = f"{request.method} {request.uri} ({request.remote_ip})"
+    summary = f"{request.method} {request.path} ({request.remote_ip})"
     if isinstance(exc, StoreUnavailable):
-        logger.error("store unavailable during %s: %s", summary, exc)
+        logger.warning("store unavailable during %s: %s", summary, exc)
         return
     logger.error("bug while serving %s", summary, exc_info=(type(exc), exc, exc.__traceback__))
-
-
-def _error_response(
-    handler: RequestHandler | None, exc: BaseException | None, status: int
-) -> tuple[int, dict[str, Any]]:
-    """The status and ``{"error": ...}`` body answering ``exc``; ``handler`` is None only for an
-    exception that is not an ``HTTPError`` (``AddTasks``)."""
-    index: int | None = None
-    if isinstance(exc, ApiError):
-        status, message, index = exc.status_code, exc.message, exc.index
-    elif isinstance(exc, ValidationError):
-        status, message, index = 400, exc.message, exc.index
-    elif isinstance(exc, NotFound):
-        status, message = 404, str(exc)
-    elif isinstance(exc, Conflict):
-        status, message, index = 409, exc.message, exc.index
-    elif isinstance(exc, TaskException):
-        status, message = 400, str(exc)
-    elif isinstance(exc, StoreUnavailable):
-        status, message = 503, f"the store is unavailable: {exc}"
-    elif status == 405 and handler is not None:
-        allowed = [m for m in ("GET", "POST", "DELETE") if _overrides(handler, m)]
-        message = (
-            f"{handler.request.method} is not allowed on {handler.request.path}; "
-            f"allowed: {', '.join(allowed)}"
-        )
-    elif isinstance(exc, HTTPError) and handler is not None:
-        message = exc.log_message % exc.args if exc.log_message else (exc.reason or handler._reason)
-    elif status >= 500:
-        kind = type(exc).__name__ if exc is not None else "error"
-        message = f"internal server error ({kind}: {exc}); this is a bug, see the server log"
-    else:
-        message = handler._reason if handler is not None else responses.get(status, "error")
-    body: dict[str, Any] = {"error": message}
-    if index is not None:
-        body["index"] = index
-    return status, body
 
 
 def _overrides(handler: RequestHandler, method: str) -> bool:
@@ -225,53 +171,94 @@ def _overrides(handler: RequestHandler, method: str) -> bool:
     return getattr(type(handler), name) is not getattr(RequestHandler, name)
 
 
+# -- adding ---------------------------------------------------------------------------------------
+
+
+def try_add_inline(ctx: Context, body: bytes) -> bytes | None:
+    """The answer to adding ``body``'s tasks, done on the event loop; None when it must go to a
+    store thread (a large body or batch, a store whose writes are remote, or a lock taken)."""
+    if len(body) > INLINE_BODY or not ctx.calls.can_inline():
+        return None
+    items = wire.parse_tasks(wire.loads(body), ctx.max_batch)
+    if len(items) > INLINE_ITEMS:
+        return None
+    try:
+        tasks = ctx.calls.inline(ctx.queue.add, items)
+    except StoreBusy:
+        return None
+    ctx.stats.wrote()
+    return wire.dumps_tasks(tasks)
+
+
+async def add_tasks(ctx: Context, body: bytes) -> bytes:
+    """The answer (JSON of the added tasks) to ``POST /tasks`` with ``body``."""
+    answer = try_add_inline(ctx, body)
+    if answer is None:
+        answer = await ctx.calls(_add_in_thread, ctx, body)
+        ctx.stats.wrote()
+    return answer
+
+
+def _add_in_thread(ctx: Context, body: bytes) -> bytes:
+    if len(body) > INLINE_BODY:
+        items = wire.parse_tasks_body(body, ctx.max_batch)
+    else:
+        items = wire.parse_tasks(wire.loads(body), ctx.max_batch)
+    del body
+    return wire.dumps_tasks(ctx.queue.add(items))
+
+
 class TasksHandler(JSONHandler):
     """``POST /tasks`` adds a batch (all or nothing); ``GET /tasks`` lists a page in queue order."""
 
-    def post(self) -> None:
-        items = wire.parse_tasks(self.json_body(), self.ctx.max_batch)
-        tasks = self.queue.add(items)
+    async def post(self) -> None:
+        answer = await add_tasks(self.ctx, self.body())
         self.set_status(201)
-        self.finish(wire.dumps_tasks(tasks))
+        self.finish(answer)
 
-    def get(self) -> None:
+    async def get(self) -> None:
         query = wire.parse_list_query(self.request.query_arguments)
-        tasks = self.queue.list(**query)
+        tasks = await self.ctx.calls(lambda: self.queue.list(**query), writes=False)
         self.send_json(wire.encode_page(tasks, query["limit"]))
 
 
 class TaskHandler(JSONHandler):
     """``GET``, ``DELETE`` and ``POST`` (force-run) of ``/task/<id>``."""
 
-    def get(self, task_id: str) -> None:
-        self.send_json(wire.encode_task(self.queue.get(wire.check_id(task_id))))
+    async def get(self, task_id: str) -> None:
+        task = await self.ctx.calls(self.queue.get, wire.check_id(task_id), writes=False)
+        self.send_json(wire.encode_task(task))
 
-    def delete(self, task_id: str) -> None:
-        self.send_json(wire.encode_task(self.queue.delete(wire.check_id(task_id))))
+    async def delete(self, task_id: str) -> None:
+        task = await self.ctx.calls(self.queue.delete, wire.check_id(task_id))
+        self.ctx.stats.wrote()
+        self.send_json(wire.encode_task(task))
 
     async def post(self, task_id: str) -> None:
         wire.check_id(task_id)
-        wire.check_run_body(self.json_body())
-        task = self.queue.claim_now(task_id)
+        wire.check_run_body(wire.loads(self.body()))
+        task = await self.ctx.calls(self.queue.claim_now, task_id)
+        self.ctx.stats.wrote()
         # The run happens in a warm worker process; the event loop serves other requests meanwhile.
         await self.ctx.runner(task)
-        self.send_json(wire.encode_task(self.queue.get(task_id)))
+        self.ctx.stats.wrote()
+        self.send_json(wire.encode_task(await self.ctx.calls(self.queue.get, task_id)))
 
 
 class StatsHandler(JSONHandler):
-    """``GET /stats``: counts per status and per party, due tasks and the oldest one's age."""
+    """``GET /stats``: counts per status and per party, due tasks and the oldest one's age, from a
+    cache refreshed off the event loop (``probes.StatsCache``)."""
 
-    def get(self) -> None:
-        self.send_json(self.queue.stats())
+    async def get(self) -> None:
+        self.send_json(await self.ctx.stats.get())
 
 
 class HealthHandler(JSONHandler):
-    """``GET /health``: 200 when the store answers, 503 otherwise; needs no token."""
+    """``GET /health``: 200 when the store took a write within about a second, else 503 with the
+    reason; answered within about a second whatever the store does; needs no token."""
 
-    requires_token = False
-
-    def get(self) -> None:
-        self.queue.store.ping()
+    async def get(self) -> None:
+        await self.ctx.health.get()
         self.send_json({"status": "ok"})
 
 
@@ -280,7 +267,8 @@ class NotFoundHandler(JSONHandler):
 
     def prepare(self) -> None:
         super().prepare()
-        raise ApiError(404, f"no endpoint {self.request.path}; the endpoints are {ENDPOINTS}")
+        if self._refusal is None:
+            raise ApiError(404, f"no endpoint {self.request.path}; the endpoints are {ENDPOINTS}")
 
 
 def log_request(handler: RequestHandler) -> None:
@@ -290,6 +278,8 @@ def log_request(handler: RequestHandler) -> None:
 
 def _log_access(status: int, request: HTTPServerRequest, message: str | None) -> None:
     level = logging.INFO if status < 500 else logging.ERROR
+    if status == 503:
+        level = logging.WARNING  # the store or the server cannot serve now: not a bug
     if not logger.isEnabledFor(level):
         return
     logger.log(
@@ -322,56 +312,72 @@ class AddTasks(HTTPMessageDelegate):
     A handler object, its coroutine, ``prepare`` and the body future cost about 150 us of the
     300 us between reading a request and starting the insert (more with cold caches, which is
     the case of a lone task on an idle server). This delegate takes only the ordinary request,
-    whose body has a declared length within the limit and which carries the token when one is
-    set (``accepts``); every other one goes to ``TasksHandler``, which owns the 401 and 413
-    answers. The answers are the same: 201 with the added tasks, or the one error shape, and
-    the same log line.
+    one that ``check_request`` lets through with a declared length within the limit
+    (``accepts``); every other one goes to ``TasksHandler``, which answers the refusals. The
+    answers are the same: 201 with the added tasks, or the one error shape, and the same log
+    line.
     """
 
     @staticmethod
     def accepts(request: HTTPServerRequest, ctx: Context) -> bool:
-        """True when ``request`` needs none of ``JSONHandler.prepare``'s refusals."""
-        headers = request.headers
-        declared = headers.get("Content-Length")
-        if declared is None or not declared.isdigit() or int(declared) > ctx.max_body:
+        """True when ``request`` passes ``check_request`` with a length within the limit."""
+        try:
+            declared = check_request(request, ctx)
+        except ApiError:
             return False
-        if ctx.token is None:
-            return True
-        header = headers.get("Authorization")
-        expected = ctx.authorization
-        assert expected is not None
-        return header is not None and hmac.compare_digest(
-            header.encode("utf-8", "replace"), expected
-        )
+        return declared is not None and declared <= ctx.max_body
 
     def __init__(self, request: HTTPServerRequest, ctx: Context) -> None:
         self.request = request
         self.ctx = ctx
         self._chunks: list[bytes] = []
+        self._later: asyncio.Future[None] | None = None
 
     def data_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
 
     def finish(self) -> None:
-        request = self.request
-        message = None
+        body = b"".join(self._chunks)
+        self._chunks = []
         try:
-            items = wire.parse_tasks(wire.loads(b"".join(self._chunks)), self.ctx.max_batch)
-            status, body = 201, wire.dumps_tasks(self.ctx.queue.add(items))
+            answer = try_add_inline(self.ctx, body)
         except Exception as exc:
-            _log_failure(request, exc)
-            status, answer = _error_response(None, exc, 500)
-            message = answer["error"]
-            body = wire.dumps(answer)
+            self._answer_error(exc)
+            return
+        if answer is not None:
+            self._answer(201, answer, None)
+        else:  # Tornado reads the connection's next request once this one's answer is written
+            self._later = asyncio.ensure_future(self._finish_later(body))
+
+    async def _finish_later(self, body: bytes) -> None:
+        try:
+            answer = await add_tasks(self.ctx, body)
+        except Exception as exc:
+            self._answer_error(exc)
+        else:
+            self._answer(201, answer, None)
+
+    def _answer_error(self, exc: Exception) -> None:
+        _log_failure(self.request, exc)
+        status, answer = error_answer(exc, 500)
+        self._answer(status, wire.dumps(answer), answer["error"])
+
+    def _answer(self, status: int, body: bytes, message: str | None) -> None:
+        request = self.request
+        connection = request.connection
+        assert connection is not None
         headers = HTTPHeaders()
         headers["Server"] = _SERVER
         headers["Content-Type"] = _JSON_TYPE
         headers["Date"] = _http_date()
         headers["Content-Length"] = str(len(body))
-        connection = request.connection
-        assert connection is not None
-        connection.write_headers(ResponseStartLine("", status, responses[status]), headers, body)
-        connection.finish()
+        try:
+            connection.write_headers(
+                ResponseStartLine("", status, responses[status]), headers, body
+            )
+            connection.finish()
+        except StreamClosedError:  # the client went away while the answer was prepared
+            return
         _log_access(status, request, message)
 
     def on_connection_close(self) -> None:

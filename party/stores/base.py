@@ -8,7 +8,8 @@ Imports only ``model``, ``errors`` and ``timestamps``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,16 @@ class Store(ABC):
 
     #: Timestamps are stored at this precision (microseconds); finer input is rounded up.
     precision_micros: int = 1
+    #: A write is local and short once the store's locks are had (an embedded file): a server
+    #: may run a small one on its event loop when ``lock_wait(0)`` finds the locks free.
+    inline_writes: bool = False
+
+    @contextmanager
+    def lock_wait(self, seconds: float) -> Iterator[None]:
+        """Within this block, this thread's calls wait at most ``seconds`` for the locks they need
+        (the connection, the writers' lock), then raise ``StoreBusy`` having written nothing. A
+        store without locks of its own (one whose calls time out by themselves) ignores it."""
+        yield
 
     @classmethod
     def from_url(cls, url: str) -> Store:

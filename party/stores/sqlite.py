@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..errors import ConfigError, StoreUnavailable
+from ..errors import ConfigError, StoreBusy, StoreUnavailable
 from ..model import Status, Task, Write, task_from_micros
 from ..timestamps import from_micros, to_micros
 from .base import (
@@ -508,6 +508,7 @@ class SqliteStore(Store):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             _create_private(self.path)
         self._lock = threading.Lock()
+        self._wait = threading.local()  # this thread's lock_wait, if any
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)
         self._writer_fd = None if self.path == ":memory:" else _open_lock_file(self.path + ".lock")
@@ -628,10 +629,18 @@ class SqliteStore(Store):
         on an ``flock`` of a lock file beside the store instead: the kernel wakes the next one the
         moment the lock is released. The busy timeout stays as the net for other writers.
         """
-        with self._lock:
+        wait: float | None = getattr(self._wait, "seconds", None)
+        with self._lock if wait is None else self._locked_within(wait):
             locked = write and self._writer_fd is not None
             if locked:
-                fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
+                if wait is None:
+                    fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
+                elif not _flock_until(self._writer_fd, self._wait.deadline):
+                    raise StoreBusy(
+                        f"SQLite store {self.path!r}: the write lock was not had within "
+                        f"{wait:g} s (another process holds it: a stopped or stalled scheduler, "
+                        "worker or server?)"
+                    )
             try:
                 yield self._db
             except sqlite3.IntegrityError:
@@ -645,6 +654,31 @@ class SqliteStore(Store):
                 self._writes += 1
                 if self._writes >= CHECKPOINT_EVERY_WRITES:
                     self._checkpoint()
+
+    inline_writes = True
+
+    @contextmanager
+    def lock_wait(self, seconds: float) -> Iterator[None]:
+        wait = self._wait
+        previous = getattr(wait, "seconds", None), getattr(wait, "deadline", None)
+        wait.seconds, wait.deadline = seconds, time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            wait.seconds, wait.deadline = previous
+
+    @contextmanager
+    def _locked_within(self, wait: float) -> Iterator[None]:
+        """Hold the connection's lock, had within the ``lock_wait`` of ``wait`` seconds."""
+        if not self._lock.acquire(timeout=max(0.0, self._wait.deadline - time.monotonic())):
+            raise StoreBusy(
+                f"SQLite store {self.path!r}: its connection in this process stayed busy for "
+                f"over {wait:g} s"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _checkpoint(self) -> None:
         """A passive checkpoint, with the connection held but not the writers' lock: it copies
