@@ -274,11 +274,12 @@ class Worker:
         return True
 
     def _maybe_flush(self) -> None:
-        # The commit window: past half of what it holds (so the parent, or the next claim,
-        # refills this worker while it runs the rest), or a few milliseconds after the first
-        # unrecorded run ended, so a crash re-runs little.
+        # The commit window: a few milliseconds after the first unrecorded run ended, so a crash
+        # re-runs little; a pushed worker also flushes past half of what it holds, so its parent
+        # refills it while it runs the rest (a claiming worker flushes at its next claim).
         if self.done and (
-            len(self.done) > len(self.pending) or time.monotonic() - self.first_done > FLUSH_AFTER
+            time.monotonic() - self.first_done > FLUSH_AFTER
+            or (self.claim is None and len(self.done) > len(self.pending))
         ):
             self.flush()
         elif self.notes and not self.done:
