@@ -21,7 +21,7 @@ from typing import Any
 
 import harness
 
-SECTIONS = ("scale", "enqueue", "drain", "latency", "forcerun", "profile")
+SECTIONS = ("scale", "enqueue", "drain", "latency", "forcerun", "profile", "stress")
 MODULES = {"profile": "profiling"}  # a module named ``profile`` would shadow cProfile's import
 RESULTS = harness.BENCH / "results.json"
 
