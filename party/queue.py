@@ -40,6 +40,8 @@ DEFAULT_MAX_ATTEMPTS = 6
 LIVE = (Status.QUEUED, Status.RUNNING)
 DELETABLE = (Status.QUEUED, Status.RUNNING, Status.FAILED, Status.DELETED)
 _HAND_BACK_CLEARS = {"lease": None, "lease_expires": None}
+#: Separates a lease token's random part from the owner written after it.
+OWNER_MARK = "~"
 
 
 def error_info(kind: str, message: str, traceback: str | None = None, *, at: datetime) -> dict:
@@ -60,11 +62,15 @@ class TaskQueue:
         *,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], datetime] = system_now,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.lease = timedelta(seconds=lease_seconds)
         self.clock = clock
+        # Written into every lease this queue takes, after an OWNER_MARK: whoever finds the lease
+        # later can tell who held it (and, on the same host, whether that process is gone).
+        self._owner_suffix = OWNER_MARK + owner if owner else ""
 
     # -- adding and reading ------------------------------------------------------------------
 
@@ -203,7 +209,7 @@ class TaskQueue:
         """
         now = now or self.clock()
         due_by = now + timedelta(seconds=ahead) if ahead else now
-        return self.store.claim(limit, due_by, now + self.lease, _token())
+        return self.store.claim(limit, due_by, now + self.lease, self._token())
 
     def claim_now(self, task_id: str) -> Task:
         """Lease one task for an immediate run, due or not (the force-run of ``POST /task/<id>``).
@@ -212,7 +218,7 @@ class TaskQueue:
         are refused), ``NotFound`` for an unknown id.
         """
         task_id = _checked_id(task_id)
-        task = self.store.claim_id(task_id, self.clock() + self.lease, _token())
+        task = self.store.claim_id(task_id, self.clock() + self.lease, self._token())
         if task is not None:
             return task
         current = self.get(task_id)
@@ -364,32 +370,59 @@ class TaskQueue:
         recovered: list[Task] = []
         for task in self.store.expired(now, limit):
             expired_at = format_timestamp(task.lease_expires)
-            error = error_info(
-                "LeaseExpired",
+            why = (
                 f"lease expired at {expired_at}: the process running it stopped renewing "
-                "(crashed or was killed)",
-                at=now,
+                "(crashed or was killed)"
             )
-            outcome = Outcome(task, ok=False, started_on=task.started_on or now,
-                              finished_on=now, error=error)  # fmt: skip
-            if self.store.write_many([self._outcome_write(outcome, now)])[0]:
+            if self._recover(task, why, now):
                 recovered.append(task)
-                logger.warning(
-                    "recovered task %s (%s) after attempt %d: lease expired",
-                    task.id,
-                    task.party,
-                    task.attempts,
-                )
         return recovered
+
+    def recover_orphans(
+        self, is_gone: Callable[[str], bool], *, now: datetime | None = None, limit: int = 1000
+    ) -> list[Task]:
+        """Fail at once the runs whose lease owner ``is_gone`` (a process provably dead), without
+        waiting for their lease to expire; each keeps its attempt spent, as after an expiry.
+
+        ``is_gone`` gets the owner a lease was taken with (see ``owner=``); leases without one are
+        left to expire. Fenced like every recovery: safe from any number of processes.
+        """
+        now = now or self.clock()
+        recovered: list[Task] = []
+        for task in self.store.query(status=Status.RUNNING, party=None, limit=limit, after=None):
+            owner = owner_of(task.lease)
+            if owner is None or not is_gone(owner):
+                continue
+            why = "the process holding its lease is gone (crashed or was killed)"
+            if self._recover(task, why, now):
+                recovered.append(task)
+        return recovered
+
+    def _recover(self, task: Task, why: str, now: datetime) -> bool:
+        error = error_info("LeaseExpired", why, at=now)
+        outcome = Outcome(task, ok=False, started_on=task.started_on or now,
+                          finished_on=now, error=error)  # fmt: skip
+        if not self.store.write_many([self._outcome_write(outcome, now)])[0]:
+            return False
+        logger.warning(
+            "recovered task %s (%s) after attempt %d: %s", task.id, task.party, task.attempts, why
+        )
+        return True
+
+    def _token(self) -> str:
+        return secrets.token_hex(12) + self._owner_suffix
+
+
+def owner_of(lease: str | None) -> str | None:
+    """The owner written into a lease token, if any."""
+    if not lease or OWNER_MARK not in lease:
+        return None
+    return lease.split(OWNER_MARK, 1)[1]
 
 
 def _free_singleton(task: Task) -> dict[str, Any]:
     # Writing the column only when it is set spares the store an index update on every task.
     return {"singleton": None} if task.singleton is not None else {}
-
-
-def _token() -> str:
-    return secrets.token_hex(12)
 
 
 def _checked_id(task_id: str) -> str:

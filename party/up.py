@@ -9,12 +9,11 @@ child takes as "stop now". If either child dies, the other is stopped and the su
 non-zero naming which one and why. Each child is started with the kernel's parent-death signal
 (SIGTERM), so a supervisor killed with SIGKILL leaves nothing running. Settings travel to the
 children as ``PARTY_*`` variables (never a token on a command line). An entry point: imports
-``config`` and the standard library only; Linux-specific where it must be (``prctl``).
+``config`` and ``pool.owner``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -24,12 +23,12 @@ import time
 from pathlib import Path
 
 from . import config
+from .pool.owner import die_with_parent
 
 logger = logging.getLogger(__name__)
 
 #: Signals the supervisor waits for (synchronously: they are blocked, never handled).
 _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
-_PR_SET_PDEATHSIG = 1
 #: Seconds past the grace period a stopping child may take before it is killed.
 KILL_AFTER = 15.0
 
@@ -44,11 +43,7 @@ def _child_setup(supervisor: int) -> None:
     """Runs in each child between fork and exec."""
     os.setpgid(0, 0)  # a group of its own: a terminal's Ctrl-C reaches the supervisor only
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the children then outlive a SIGKILL
-        pass
+    die_with_parent(signal.SIGTERM)  # not on Linux: the children then outlive a SIGKILL
     if os.getppid() != supervisor:  # the supervisor died before prctl took effect
         os._exit(1)
 

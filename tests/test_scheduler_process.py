@@ -42,7 +42,11 @@ class Schedulers:
         self.queue = TaskQueue(self.store, registry)
         self.procs = []
 
-    def start(self, *flags, workers=1, lease=60, grace=10, poll=0.5, level="INFO", env=None):
+    def start(
+        self, *flags, workers=1, lease=60, grace=10, poll=0.5, level="INFO", env=None, group=False
+    ):
+        """A scheduler process; with ``group``, in a process group of its own (to kill it whole
+        with ``os.killpg``, as a crash of a container or a terminal would)."""
         stderr = open(self.tmp_path / f"scheduler-{len(self.procs)}.err", "w")
         cmd = [
             sys.executable, str(ROOT / "scheduler"), "--store", self.url, "--tasks", str(HANDLERS),
@@ -51,7 +55,9 @@ class Schedulers:
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARTY_")} | (env or {})
         with stderr:
-            proc = subprocess.Popen(cmd, cwd=self.tmp_path, stderr=stderr, env=env)
+            proc = subprocess.Popen(
+                cmd, cwd=self.tmp_path, stderr=stderr, env=env, start_new_session=group
+            )
         proc.stderr_path = stderr.name
         self.procs.append(proc)
         return proc
@@ -72,6 +78,10 @@ class Schedulers:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its workers, if it had a group of its own
+            except (ProcessLookupError, PermissionError):
+                pass
         self.store.close()
 
 
@@ -323,3 +333,37 @@ def test_a_stalled_scheduler_never_lets_two_workers_run_one_task(sched):
     # Leases outlived the 1.5 s lease because the workers renewed them: nobody ran a task twice.
     assert sorted(r["id"] for r in starts()) == sorted(t.id for t in tasks)
     assert {(r["id"], r["attempts"]) for r in sched.runs()} == {(t.id, 1) for t in tasks}
+
+
+def kill_group(proc):
+    os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and every worker at once
+    proc.wait()
+
+
+def test_a_restarted_scheduler_takes_back_its_dead_predecessors_tasks_at_once(sched):
+    tasks = sched.add(
+        *[{"party": "Span", "data": {"seconds": 30, "log": str(sched.log)}} for _ in range(2)]
+    )
+    first = sched.start(workers=2, lease=60, group=True)
+    wait_until(lambda: len(sched.runs()) == 2, 10, "both runs to start")
+    kill_group(first)
+    restarted = time.monotonic()
+    sched.start(workers=2, lease=60, group=True)
+    # Both ran again within seconds of the restart, a lease (60 s) before they would expire.
+    wait_until(lambda: len(sched.runs()) == 4, 10, "both tasks to run again")
+    assert time.monotonic() - restarted < 10
+    again = [r for r in sched.runs()[2:]]
+    assert sorted(r["id"] for r in again) == sorted(t.id for t in tasks)
+    assert {r["attempts"] for r in again} == {2}
+
+
+def test_when_one_of_two_schedulers_dies_the_other_takes_its_tasks_back(sched):
+    tasks = sched.add(
+        *[{"party": "Span", "data": {"seconds": 30, "log": str(sched.log)}} for _ in range(2)]
+    )
+    doomed = sched.start(workers=2, lease=60, group=True)
+    wait_until(lambda: len(sched.runs()) == 2, 10, "both runs to start")
+    sched.start(workers=2, lease=60, group=True)
+    kill_group(doomed)
+    wait_until(lambda: len(sched.runs()) == 4, 15, "the survivor to run both again")
+    assert {(r["id"], r["attempts"]) for r in sched.runs()[2:]} == {(t.id, 2) for t in tasks}

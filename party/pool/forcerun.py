@@ -29,6 +29,7 @@ from ..model import Status, Task
 from ..queue import TaskQueue
 from ..registry import Registry
 from ..stores import open_store
+from . import owner
 from .supervisor import Finished, WorkerPool
 from .worker import STOP_SIGNALS
 
@@ -74,8 +75,16 @@ class ForceRunService:
         self, conn: Channel, size: int, store_url: str, registry: Registry, lease_seconds: float
     ) -> None:
         self.conn = conn
+        self.owner = owner.identity(os.getppid())  # re-claims are the server's, like the first
+        # The server took these leases: were this service's workers to outlive it, a scheduler
+        # on this host would find the owner gone and run the task a second time beside them.
         self.pool = WorkerPool(
-            size, store_url, registry, lease_seconds=lease_seconds, name="force-run"
+            size,
+            store_url,
+            registry,
+            lease_seconds=lease_seconds,
+            name="force-run",
+            die_with_parent=True,
         )
         self.store_url = store_url
         self.registry = registry
@@ -88,7 +97,10 @@ class ForceRunService:
         """Run until the server says stop or goes away; return the exit code."""
         self.pool.start()  # forked before this process opens anything
         self.queue = TaskQueue(
-            open_store(self.store_url), self.registry, lease_seconds=self.lease_seconds
+            open_store(self.store_url),
+            self.registry,
+            lease_seconds=self.lease_seconds,
+            owner=self.owner,
         )
         self.pool.attach_queue(self.queue)
         while True:
@@ -190,6 +202,7 @@ class ForceRunClient:
     def start(self) -> None:
         """Fork the service process, which forks the warm workers."""
         parent, child = Channel.pair()
+        server = os.getpid()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = -1
         try:
@@ -205,6 +218,8 @@ class ForceRunClient:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                if not owner.die_with_parent(signal.SIGKILL) or os.getppid() != server:
+                    os._exit(1)
                 service = ForceRunService(
                     child, self.size, self.store_url, self.registry, self.lease_seconds
                 )

@@ -105,6 +105,7 @@ class WorkerPool:
         name: str = "worker",
         queue: TaskQueue | None = None,
         claim: ClaimPolicy | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, got {size}")
@@ -115,6 +116,7 @@ class WorkerPool:
         self.name = name
         self._queue = queue
         self.claim = claim
+        self.die_with_parent = die_with_parent
         self._children: list[_Child | None] = [None] * size
         self._restart_at: dict[int, float] = {}
         self._failures = [0] * size
@@ -163,6 +165,7 @@ class WorkerPool:
                     lease_seconds=self.lease_seconds,
                     name=name,
                     claim=self.claim,
+                    die_with_parent=self.die_with_parent,
                 )
             except BaseException:
                 logger.exception("%s crashed", name)

@@ -39,7 +39,7 @@ from ..runner import run_task
 from ..stores import open_store
 from ..stores.wakeup import Listener
 from ..timestamps import system_now, to_micros
-from . import messages
+from . import messages, owner
 from .claiming import CLAIM_AHEAD, WAKE_AHEAD, ClaimPolicy, Prefetch
 from .leases import Leases
 from .messages import RELEASED, Push, Wire
@@ -81,7 +81,10 @@ class Worker:
         self.name = name
         self.parent = os.getppid()
         self.lease_seconds = lease_seconds
-        self.queue = TaskQueue(open_store(store_url), registry, lease_seconds=lease_seconds)
+        # This process owns the leases it takes: a scheduler on this host can tell when it is gone.
+        self.queue = TaskQueue(
+            open_store(store_url), registry, lease_seconds=lease_seconds, owner=owner.identity()
+        )
         self.leases = Leases(
             lambda: TaskQueue(open_store(store_url), registry, lease_seconds=lease_seconds),
             registry,
@@ -411,13 +414,21 @@ def child_main(
     lease_seconds: float,
     name: str,
     claim: ClaimPolicy | None = None,
+    die_with_parent: bool = False,
 ) -> int:
-    """Entry of a freshly forked worker: ignore stop signals, open the store, serve."""
+    """Entry of a freshly forked worker: ignore stop signals, open the store, serve.
+
+    With ``die_with_parent`` the worker is killed outright when its parent ends (the force-run
+    workers, whose leases their parent's owner holds); otherwise it finishes the run in progress,
+    records it and leaves.
+    """
     # Workers stay in the scheduler's process group (Ctrl-C and `kill -- -PGID` reach them) but
     # the scheduler alone decides: it drains, hands back and stops them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the pool around fork
+    if die_with_parent and (not owner.die_with_parent(signal.SIGKILL) or os.getppid() == 1):
+        return 1
     try:
         worker = Worker(
             conn, slot, store_url, registry, lease_seconds=lease_seconds, name=name, claim=claim

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from ..errors import StoreUnavailable
 from ..model import Status
-from ..pool import Finished, WorkerPool
+from ..pool import Finished, WorkerPool, owner
 from ..queue import TaskQueue
 from ..timestamps import system_now
 
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: Expired leases recovered per store query.
 RECOVER_BATCH = 100
+#: Seconds between two looks for the leases of processes of this host that are gone.
+ORPHAN_EVERY = 5.0
 #: Longest backoff between attempts to reach a store that stopped answering (seconds).
 MAX_BACKOFF = 5.0
 
@@ -60,8 +62,10 @@ class Scheduler:
         grace: float = 30.0,
         clock: Callable[[], datetime] = system_now,
         wakeup: int | None = None,
+        is_gone: Callable[[str], bool] = owner.is_gone,
     ) -> None:
         self.queue = queue
+        self.is_gone = is_gone
         self.pool = pool
         self.poll_interval = poll_interval
         self.grace = grace
@@ -72,11 +76,13 @@ class Scheduler:
         lease = queue.lease.total_seconds()
         self.recover_every = timedelta(seconds=min(max(lease / 2, 0.5), 30.0))
         self._next_recover: datetime | None = None
+        self._next_orphans: datetime | None = None
 
     # -- one pass ------------------------------------------------------------------------------
 
     def tick(self, now: datetime | None = None) -> Tick:
-        """One pass: collect what the workers report, recover expired leases when due.
+        """One pass: collect what the workers report, recover expired leases and those of dead
+        processes of this host when due.
 
         Raises ``StoreUnavailable`` when the store does not answer (``run`` retries it).
         """
@@ -90,6 +96,11 @@ class Scheduler:
                 if recovered < RECOVER_BATCH:
                     break
             self._next_recover = now + self.recover_every
+        if self._next_orphans is None or now >= self._next_orphans:
+            # A dead process of this host (a crashed scheduler's workers) holds these leases:
+            # taken back at once instead of one lease later.
+            tick.recovered += len(self.queue.recover_orphans(self.is_gone, now=now))
+            self._next_orphans = now + timedelta(seconds=ORPHAN_EVERY)
         return tick
 
     # -- the loop ------------------------------------------------------------------------------
@@ -133,8 +144,9 @@ class Scheduler:
         worker's report, a timeout or a worker's restart ends it sooner)."""
         now = self.clock()
         wake = now + timedelta(seconds=self.poll_interval)
-        if self._next_recover is not None:
-            wake = min(wake, self._next_recover)
+        for due in (self._next_recover, self._next_orphans):
+            if due is not None:
+                wake = min(wake, due)
         return max((wake - now).total_seconds(), 0.001)
 
     def _wait(self, timeout: float) -> None:

@@ -24,6 +24,7 @@ from .. import log
 from ..config import Settings
 from ..errors import ConfigError
 from ..model import Status, Task
+from ..pool import owner
 from ..pool.forcerun import ForceRunClient, ForceRunUnavailable
 from ..queue import TaskQueue
 from ..registry import Registry, discover
@@ -150,7 +151,9 @@ def serve(settings: Settings) -> int:
     bound: os.stat_result | None = None
     try:
         store = open_store(settings.store)
-        queue = TaskQueue(store, registry, lease_seconds=settings.lease)
+        # Force-runs are claimed here and run by the service's workers, which die with this
+        # process: its identity is the owner of their leases.
+        queue = TaskQueue(store, registry, lease_seconds=settings.lease, owner=owner.identity())
         if settings.socket:
             sockets = [bind_unix_socket(settings.socket)]
             bound = os.stat(settings.socket)
