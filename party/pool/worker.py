@@ -37,6 +37,7 @@ from ..queue import TaskQueue
 from ..registry import Registry
 from ..runner import run_task
 from ..stores import open_store
+from ..stores.base import Store
 from ..stores.wakeup import Listener
 from ..timestamps import system_now, to_micros
 from . import messages, owner
@@ -82,11 +83,11 @@ class Worker:
         self.parent = os.getppid()
         self.lease_seconds = lease_seconds
         # This process owns the leases it takes: a scheduler on this host can tell when it is gone.
-        self.queue = TaskQueue(
-            open_store(store_url), registry, lease_seconds=lease_seconds, owner=owner.identity()
-        )
+        store = open_store(store_url)
+        store.relax_commits()
+        self.queue = TaskQueue(store, registry, lease_seconds=lease_seconds, owner=owner.identity())
         self.leases = Leases(
-            lambda: TaskQueue(open_store(store_url), registry, lease_seconds=lease_seconds),
+            lambda: TaskQueue(_relaxed(store_url), registry, lease_seconds=lease_seconds),
             registry,
             lease_seconds,
             name=name,
@@ -184,14 +185,15 @@ class Worker:
         if self._backoff:
             logger.info("%s: store answers again", self.name)
             self._backoff = 0.0
+        first = self._seq + 1
         for task in tasks:
             self._seq += 1
             due = task.run_at if task.run_at > task.timestamp else task.timestamp
             # Claimed ahead of its time: held until then, on the wall clock (epoch seconds).
             not_before = to_micros(due) / 1_000_000 if due > now else None
-            self.leases.hold(self._seq, task, since)
             self.pending.append((self._seq, task, not_before))
             wires.append(messages.claimed(self._seq, task))
+        self.leases.hold(enumerate(tasks, first), since)
         if wires and not self._send(wires):
             return False
         self.prefetch.claimed(len(tasks), room)
@@ -239,9 +241,7 @@ class Worker:
             batch: list[Push] = self.conn.recv()
         except (EOFError, OSError):
             return False
-        since = time.monotonic()
-        for push in batch:
-            self.leases.hold(push.seq, push.task, since)
+        self.leases.hold(((push.seq, push.task) for push in batch), time.monotonic())
         self.pending.extend(batch)
         return True
 
@@ -374,6 +374,12 @@ class Worker:
         except OSError:
             return False  # the parent is gone; the loop notices at the next receive
         return True
+
+
+def _relaxed(store_url: str) -> Store:
+    store = open_store(store_url)
+    store.relax_commits()
+    return store
 
 
 def log_end(outcome: Outcome, status: Status | str | None, duration: float) -> None:

@@ -34,6 +34,11 @@ class Store(ABC):
     #: may run a small one on its event loop when ``lock_wait(0)`` finds the locks free.
     inline_writes: bool = False
 
+    def relax_commits(self) -> None:  # noqa: B027 - optional hook
+        """This connection only claims, renews and records outcomes (a worker's): a power cut may
+        lose its last commits (the runs then happen again, at least once) but never an add that
+        was acknowledged, so a store may commit them without waiting for the disk."""
+
     @contextmanager
     def lock_wait(self, seconds: float) -> Iterator[None]:
         """Within this block, this thread's calls wait at most ``seconds`` for the locks they need
