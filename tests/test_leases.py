@@ -45,7 +45,7 @@ def test_renewal_extends_the_lease_of_every_task_held(keeper):
     claimed = queue.claim(2)
     now = time.monotonic()
     for seq, task in enumerate(claimed, 1):
-        leases.hold(seq, task, now)
+        leases.hold([(seq, task)], now)
     before = [queue.get(t.id).lease_expires for t in tasks]
     time.sleep(0.01)
     leases.tick(now + LEASE)  # a renewal is due
@@ -57,7 +57,7 @@ def test_a_running_task_whose_lease_was_taken_ends_the_worker(keeper):
     queue, leases, exits = keeper
     queue.add([{"party": "Noop"}])
     (task,) = queue.claim(1)
-    leases.hold(1, task, time.monotonic())
+    leases.hold([(1, task)], time.monotonic())
     assert leases.begin(1) == (True, None)
     # Another scheduler recovered the task after the lease ran out (as after a long stall).
     later = system_now() + timedelta(seconds=LEASE + 1)
@@ -71,7 +71,7 @@ def test_a_run_does_not_start_on_a_lease_that_ran_low(keeper):
     queue.add([{"party": "Noop"}])
     (task,) = queue.claim(1)
     # Claimed long enough ago that less than a third of the lease is left, never renewed.
-    leases.hold(1, task, time.monotonic() - LEASE * 0.8)
+    leases.hold([(1, task)], time.monotonic() - LEASE * 0.8)
     assert leases.begin(1) == (False, None)
 
 
@@ -81,7 +81,7 @@ def test_prefetched_tasks_waiting_behind_a_long_run_are_handed_back(keeper):
     claimed = queue.claim(3)
     now = time.monotonic()
     for seq, task in enumerate(claimed, 1):
-        leases.hold(seq, task, now)
+        leases.hold([(seq, task)], now)
     assert leases.begin(1) == (True, None)
     leases.tick(time.monotonic() + HOLD_BEHIND / 2)
     assert queue.get(claimed[1].id).status == Status.RUNNING  # not yet: the run is short so far
@@ -97,7 +97,7 @@ def test_an_overrun_nobody_killed_is_failed_by_its_own_worker(keeper):
     queue, leases, exits = keeper
     (task,) = queue.add([{"party": "Hangs"}])  # timeout = 1 s
     (claimed,) = queue.claim(1)
-    leases.hold(1, claimed, time.monotonic())
+    leases.hold([(1, claimed)], time.monotonic())
     assert leases.begin(1) == (True, None)
     leases.tick(time.monotonic() + 1 + OVERRUN_GRACE + 0.1)
     stored = queue.get(task.id)

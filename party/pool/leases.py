@@ -55,7 +55,7 @@ class State(IntEnum):
     GIVEN_UP = 3
 
 
-@dataclass
+@dataclass(slots=True)
 class _Held:
     task: Task
     valid_until: float  # time.monotonic() by which the lease runs out, as last renewed
@@ -98,11 +98,14 @@ class Leases:
 
     # -- the worker's side ---------------------------------------------------------------------
 
-    def hold(self, seq: int, task: Task, since: float) -> None:
-        """``task`` was claimed (or handed over) at ``since`` (``time.monotonic`` before the
-        claim): its lease runs until ``since + lease_seconds`` unless renewed."""
+    def hold(self, runs: Iterable[tuple[int, Task]], since: float) -> None:
+        """The ``(seq, task)`` runs were claimed (or handed over) at ``since``
+        (``time.monotonic`` before the claim): their leases run until ``since + lease_seconds``
+        unless renewed."""
+        until = since + self.lease_seconds
         with self._lock:
-            self._held[seq] = _Held(task, since + self.lease_seconds)
+            for seq, task in runs:
+                self._held[seq] = _Held(task, until)
 
     def begin(self, seq: int) -> tuple[bool, str | None]:
         """Whether run ``seq`` may start now; when it may not, the status to report for it
