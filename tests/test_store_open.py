@@ -100,3 +100,19 @@ def test_store_files_are_never_readable_by_other_users_whatever_the_umask(tmp_pa
     finally:
         os.umask(old)
     assert modes == dict.fromkeys(names, 0o660)
+
+
+def test_a_workers_connection_skips_the_sync_and_the_adds_keep_it(tmp_path):
+    from party.stores import open_store
+
+    adds = open_store(f"sqlite:///{tmp_path}/a.db")
+    worker = open_store(f"sqlite:///{tmp_path}/a.db")
+    worker.relax_commits()
+    try:
+        assert (synchronous_of(adds), synchronous_of(worker)) == ("full", "normal")
+        # A durable commit waits for the disk: a server never runs one on its event loop.
+        assert not adds.inline_writes
+        assert open_store(f"sqlite:///{tmp_path}/a.db?synchronous=normal").inline_writes
+    finally:
+        adds.close()
+        worker.close()
