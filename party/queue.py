@@ -363,6 +363,7 @@ class TaskQueue:
 
     def recover_expired(self, *, now: datetime | None = None, limit: int = 100) -> list[Task]:
         """Fail the runs whose lease expired (a crashed scheduler's); each keeps its attempt spent.
+        Returns the tasks recovered, each with the status the recovery left it in.
 
         Safe to call from any number of processes: the fence lets one recoverer win per task.
         """
@@ -402,8 +403,10 @@ class TaskQueue:
         error = error_info("LeaseExpired", why, at=now)
         outcome = Outcome(task, ok=False, started_on=task.started_on or now,
                           finished_on=now, error=error)  # fmt: skip
-        if not self.store.write_many([self._outcome_write(outcome, now)])[0]:
+        write = self._outcome_write(outcome, now)
+        if not self.store.write_many([write])[0]:
             return False
+        task.status = write.fields["status"]  # what the recovery left it: queued again, or failed
         logger.warning(
             "recovered task %s (%s) after attempt %d: %s", task.id, task.party, task.attempts, why
         )

@@ -230,8 +230,10 @@ def test_second_signal_exits_at_once(sched):
 
 
 def test_kill_9_mid_drain_then_restart_completes_every_task(sched):
+    # 3 ms each: the drain takes about 1.5 s, so the kill lands mid-drain even on a slow machine
+    # (no-op tasks could all be done between two looks at the log).
     tasks = sched.add(
-        *[{"party": "Note", "data": {"n": i, "log": str(sched.log)}} for i in range(1000)]
+        *[{"party": "Sleepy", "data": {"seconds": 0.003, "log": str(sched.log)}}] * 1000
     )
     first = sched.start(workers=2, lease=2, level="WARNING")
     wait_until(lambda: len(sched.runs()) >= 200, 20, "200 runs")

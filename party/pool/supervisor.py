@@ -216,6 +216,22 @@ class WorkerPool:
         """Every task a worker holds and has not reported finished."""
         return [t for c in self._children if c is not None for t in c.inflight.values()]
 
+    def activity(self) -> list[dict[str, object]]:
+        """What each live worker runs now: its index and pid, and the task in its handler
+        (``_id``, ``party``, ``since`` as epoch seconds), or None for an idle worker."""
+        now, wall = time.monotonic(), time.time()
+        workers: list[dict[str, object]] = []
+        for child in self._children:
+            if child is None:
+                continue
+            started, seq, _ = child.slot.read()
+            task = child.inflight.get(seq) if seq > 0 else None
+            running = None
+            if task is not None:
+                running = {"_id": task.id, "party": task.party, "since": wall - (now - started)}
+            workers.append({"worker": child.index, "pid": child.pid, "task": running})
+        return workers
+
     def dispatch(self, task: Task, not_before: float | None = None) -> int:
         """Hand one claimed task to a free worker (``free`` must be > 0); return its sequence
         number, which the ``Finished`` of its run carries. Only for pools whose workers do not

@@ -18,13 +18,15 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ..errors import StoreUnavailable
-from ..model import Status
+from ..model import Status, Task
 from ..pool import Finished, WorkerPool, owner
 from ..queue import TaskQueue
-from ..timestamps import system_now
+from ..timestamps import format_timestamp, system_now
+from .heartbeat import Heartbeat, outcome_of
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +65,11 @@ class Scheduler:
         clock: Callable[[], datetime] = system_now,
         wakeup: int | None = None,
         is_gone: Callable[[str], bool] = owner.is_gone,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.queue = queue
         self.is_gone = is_gone
+        self.heartbeat = heartbeat
         self.pool = pool
         self.poll_interval = poll_interval
         self.grace = grace
@@ -88,20 +92,44 @@ class Scheduler:
         """
         now = now or self.clock()
         tick = Tick(finished=self.pool.poll())
+        if self.heartbeat is not None:
+            for item in tick.finished:
+                if not item.released:
+                    self.heartbeat.count(item.task.party, outcome_of(item.status, item.error))
         self.queue.store.maintain()
         if self._next_recover is None or now >= self._next_recover:
             while True:  # a crashed scheduler may have left more than one batch
-                recovered = len(self.queue.recover_expired(now=now, limit=RECOVER_BATCH))
-                tick.recovered += recovered
-                if recovered < RECOVER_BATCH:
+                recovered = self.queue.recover_expired(now=now, limit=RECOVER_BATCH)
+                self._recovered(recovered, tick)
+                if len(recovered) < RECOVER_BATCH:
                     break
             self._next_recover = now + self.recover_every
         if self._next_orphans is None or now >= self._next_orphans:
             # A dead process of this host (a crashed scheduler's workers) holds these leases:
             # taken back at once instead of one lease later.
-            tick.recovered += len(self.queue.recover_orphans(self.is_gone, now=now))
+            self._recovered(self.queue.recover_orphans(self.is_gone, now=now), tick)
             self._next_orphans = now + timedelta(seconds=ORPHAN_EVERY)
+        if self.heartbeat is not None and self.heartbeat.due(now):
+            self.heartbeat.running = self._running()
+            self.heartbeat.beat(now)
         return tick
+
+    def _recovered(self, tasks: list[Task], tick: Tick) -> None:
+        tick.recovered += len(tasks)
+        if self.heartbeat is not None:
+            self.heartbeat.count_recovered(tasks)
+
+    def _running(self) -> list[dict[str, Any]]:
+        """What runs where, as the heartbeat shows it."""
+        running = []
+        for worker in self.pool.activity():
+            task = worker["task"]
+            if isinstance(task, dict):
+                since = datetime.fromtimestamp(float(task["since"]), UTC).replace(tzinfo=None)
+                running.append({"_id": task["_id"], "party": task["party"],
+                                "since": format_timestamp(since), "worker": worker["worker"],
+                                "pid": worker["pid"]})  # fmt: skip
+        return running
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -144,7 +172,8 @@ class Scheduler:
         worker's report, a timeout or a worker's restart ends it sooner)."""
         now = self.clock()
         wake = now + timedelta(seconds=self.poll_interval)
-        for due in (self._next_recover, self._next_orphans):
+        beat = None if self.heartbeat is None else self.heartbeat.next_beat
+        for due in (self._next_recover, self._next_orphans, beat):
             if due is not None:
                 wake = min(wake, due)
         return max((wake - now).total_seconds(), 0.001)
@@ -179,8 +208,20 @@ class Scheduler:
         handed_back = [f for f in self.pool.stop(0) if f.released]
         if handed_back:
             logger.info("handed back %d unfinished tasks to the queue", len(handed_back))
+        self._last_beat()
         logger.info("stopped")
         return 0
+
+    def _last_beat(self) -> None:
+        """Say in the store that this scheduler stopped (it is no longer live at once)."""
+        if self.heartbeat is None:
+            return
+        self.heartbeat.running = []
+        self.heartbeat.stopped = self.clock()
+        try:
+            self.heartbeat.beat(self.clock())
+        except StoreUnavailable as exc:
+            logger.warning("could not record the stop in the store: %s", exc)
 
     def _abort(self) -> int:
         """Immediate stop: kill the workers and write nothing; the tasks' leases recover them."""

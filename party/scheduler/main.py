@@ -24,6 +24,8 @@ from ..pool import ClaimPolicy, WorkerPool
 from ..queue import TaskQueue
 from ..registry import discover
 from ..stores import load_backend
+from ..timestamps import system_now
+from .heartbeat import FORGET_AFTER, Heartbeat
 from .loop import Scheduler
 
 logger = logging.getLogger(SCHEDULER)
@@ -84,12 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
+    started = system_now()
+    heartbeat = Heartbeat(store, workers=settings.workers, handlers=registry.names, started=started)
+    try:
+        store.forget_schedulers(started - FORGET_AFTER)
+    except StoreUnavailable as exc:
+        logger.warning("could not remove old scheduler records: %s", exc)
     scheduler = Scheduler(
         queue,
         pool,
         poll_interval=settings.poll_interval,
         grace=settings.grace,
         wakeup=wake_read,
+        heartbeat=heartbeat,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -116,6 +116,21 @@ class Store(ABC):
         """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
 
     @abstractmethod
+    def beat(self, record: dict[str, Any], now: datetime) -> None:
+        """Write a scheduler's heartbeat: upsert ``record`` (a JSON object) under
+        ``record["id"]`` with ``now`` as its last beat. Records of stopped or dead schedulers stay
+        (their run counters still count) until ``forget_schedulers`` removes them."""
+
+    @abstractmethod
+    def schedulers(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """The heartbeat records whose last beat is at or after ``since`` (every record when
+        None), each with its ``heartbeat`` time, oldest start first."""
+
+    @abstractmethod
+    def forget_schedulers(self, before: datetime) -> int:
+        """Remove the records whose last beat is before ``before``; return how many."""
+
+    @abstractmethod
     def check_writable(self) -> None:
         """Return when the store can take a write right now; else raise ``StoreUnavailable``
         whose message says why for a person (read-only, full, corrupt, unreachable, or the write

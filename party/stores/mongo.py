@@ -395,6 +395,31 @@ class MongoStore(Store):
         rows = ((g["_id"]["party"], g["_id"]["status"], g["n"]) for g in groups)
         return assemble_stats(rows, due, None if oldest is None else oldest["timestamp"])
 
+    @property
+    def _schedulers(self) -> Collection:
+        return self._tasks.database.get_collection(
+            self._tasks.name + ".schedulers", write_concern=self._tasks.write_concern
+        )
+
+    def beat(self, record: dict[str, Any], now: datetime) -> None:
+        with _guard():
+            self._schedulers.replace_one(
+                {"_id": record["id"]},
+                {"record": record, "heartbeat": _truncate_to_millis(now)},
+                upsert=True,
+            )
+
+    def schedulers(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        query = {} if since is None else {"heartbeat": {"$gte": since}}
+        with _guard():
+            docs = list(self._schedulers.find(query))
+        records = [{**doc["record"], "heartbeat": doc["heartbeat"]} for doc in docs]
+        return sorted(records, key=lambda r: (str(r.get("started")), r["id"]))
+
+    def forget_schedulers(self, before: datetime) -> int:
+        with _guard():
+            return int(self._schedulers.delete_many({"heartbeat": {"$lt": before}}).deleted_count)
+
     def ping(self) -> None:
         with _guard():
             self._tasks.database.command("ping")

@@ -39,7 +39,7 @@ from .wakeup import Listener, Notifier, channel_dir, listener_or_none
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -75,6 +75,12 @@ DROP INDEX IF EXISTS tasks_lease;
 DROP INDEX IF EXISTS tasks_singleton;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_live_singleton ON tasks (singleton)
     WHERE singleton IS NOT NULL;
+-- Schedulers' heartbeats (beat, schedulers): one JSON record each, by scheduler id.
+CREATE TABLE IF NOT EXISTS schedulers (
+    id        TEXT PRIMARY KEY,
+    heartbeat INTEGER NOT NULL,
+    record    TEXT NOT NULL
+);
 -- One row that check_writable rewrites: the proof that the store takes a write.
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY CHECK (id = 1), checked INTEGER);
 -- Tasks per (party, status), kept by the triggers below so that stats() reads a few rows instead
@@ -865,6 +871,29 @@ class SqliteStore(Store):
                 cap *= 4
             row = db.execute(_OLDEST_DUE, (now_us, now_us)).fetchone()
         return assemble_stats(groups, due, None if row is None else from_micros(row[0]))
+
+    def beat(self, record: dict[str, Any], now: datetime) -> None:
+        with self._guard(write=True) as db:
+            db.execute(
+                "INSERT INTO schedulers (id, heartbeat, record) VALUES (?, ?, ?) ON CONFLICT (id) "
+                "DO UPDATE SET heartbeat = excluded.heartbeat, record = excluded.record",
+                (record["id"], to_micros(now), json.dumps(record, separators=(",", ":"))),
+            )
+
+    def schedulers(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT heartbeat, record FROM schedulers", []
+        if since is not None:
+            sql, params = sql + " WHERE heartbeat >= ?", [to_micros(since)]
+        with self._guard() as db:
+            rows = db.execute(sql, params).fetchall()
+        records = [{**json.loads(record), "heartbeat": from_micros(beat)} for beat, record in rows]
+        return sorted(records, key=lambda r: (str(r.get("started")), r["id"]))
+
+    def forget_schedulers(self, before: datetime) -> int:
+        with self._guard(write=True) as db:
+            return db.execute(
+                "DELETE FROM schedulers WHERE heartbeat < ?", (to_micros(before),)
+            ).rowcount
 
     def ping(self) -> None:
         with self._guard() as db:
