@@ -37,6 +37,7 @@ class Report(NamedTuple):
     status: str | None  # a Status value, RELEASED, or None when the outcome was discarded
     duration: float
     error: str | None  # the error type of a failed run
+    late: float = 0.0  # seconds from when it became due to when its run started
 
 
 class Push(NamedTuple):
@@ -57,9 +58,11 @@ def claimed(seq: int, task: Task) -> Wire:
     return (CLAIMED, seq, task.id, task.party, task.attempts, task.lease)
 
 
-def report(seq: int, status: str | None, duration: float, error: str | None) -> Wire:
+def report(
+    seq: int, status: str | None, duration: float, error: str | None, late: float = 0.0
+) -> Wire:
     """The wire form of ``Report``."""
-    return (REPORT, seq, status, duration, error)
+    return (REPORT, seq, status, duration, error, late)
 
 
 def decode(wire: Wire) -> Message:

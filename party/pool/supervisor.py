@@ -64,7 +64,8 @@ class Finished:
 
     ``status`` is the task's status after the run (None when its outcome was discarded because
     the lease was lost); ``released`` is True when it was handed back unstarted or at shutdown;
-    ``error`` is the error type of a failed run.
+    ``error`` is the error type of a failed run; ``late`` how long after it became due the run
+    started (when the worker reported it).
     """
 
     task: Task | Claimed
@@ -73,6 +74,7 @@ class Finished:
     error: str | None = None
     released: bool = False
     seq: int = 0
+    late: float | None = None  # seconds from due to started, for a run that started
 
 
 @dataclass
@@ -498,7 +500,7 @@ def _finished(task: Task | Claimed, report: Report) -> Finished:
     if report.status == RELEASED:
         return Finished(task, Status.QUEUED, released=True, seq=report.seq)
     status = None if report.status is None else Status(report.status)
-    return Finished(task, status, report.duration, report.error, seq=report.seq)
+    return Finished(task, status, report.duration, report.error, seq=report.seq, late=report.late)
 
 
 def _held(child: _Child) -> int:

@@ -303,8 +303,11 @@ class Worker:
             for (seq, outcome, duration), status in zip(done, statuses, strict=True):
                 log_end(outcome, status, duration)
                 error = None if outcome.ok or outcome.error is None else outcome.error["type"]
+                task = outcome.task
+                due = task.run_at if task.run_at > task.timestamp else task.timestamp
+                late = (outcome.started_on - due).total_seconds()
                 wires.append(messages.report(seq, None if status is None else str(status),
-                                             duration, error))  # fmt: skip
+                                             duration, error, late))  # fmt: skip
         if send:
             if wires:
                 self._send(wires)
