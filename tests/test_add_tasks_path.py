@@ -5,6 +5,7 @@ import http.client
 import json
 import logging
 import time
+from email.utils import parsedate_to_datetime
 
 import pytest
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
@@ -86,8 +87,11 @@ def test_a_chunked_body_takes_the_handler_path_and_gets_the_same_answer(server, 
         assert [(t["party"], t["data"], t["status"]) for t in answer] == [
             ("Noop", {"k": 1}, "queued")
         ]
-    for name in ("Content-Type", "Server", "Date"):
+    for name in ("Content-Type", "Server"):
         assert fast[1][name] == slow[1][name]
+    # The same format; the two answers may straddle a second boundary.
+    dates = [parsedate_to_datetime(answer[1]["Date"]) for answer in (fast, slow)]
+    assert abs((dates[1] - dates[0]).total_seconds()) <= 2
     assert fast[1]["Content-Type"] == "application/json; charset=UTF-8"
     assert int(fast[1]["Content-Length"]) == len(json.dumps(fast[2], separators=(",", ":")))
     assert len(server.queue.list()) == 2
@@ -122,6 +126,7 @@ def test_a_store_failure_answers_503_and_is_logged(server, conn, monkeypatch, ca
     assert "store unavailable during POST /tasks (127.0.0.1): disk on fire" in logged
 
 
+@pytest.mark.off_contract
 def test_a_bug_answers_500_and_logs_its_traceback(server, conn, monkeypatch, caplog):
     def broken(tasks):
         raise RuntimeError("oops")
