@@ -122,12 +122,14 @@ def test_unreachable_server_is_reported(tmp_path, capsys):
     assert code == 1 and "cannot reach the Party server" in capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_client_commands_do_not_import_tornado():
     code = "import sys, party.cli; print('tornado' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.processes
 def test_python_dash_m_party_reads_the_environment(served):
     env = {**os.environ, "PARTY_SOCKET": served.sock, "PARTY_TOKEN": "tok"}
     out = subprocess.run(

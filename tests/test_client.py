@@ -147,6 +147,7 @@ def test_token_is_sent_as_a_bearer_header(tmp_path):
         server.stop()
 
 
+@pytest.mark.processes
 def test_importing_the_client_loads_neither_tornado_nor_pymongo():
     code = (
         "import sys, party.client; "

@@ -69,6 +69,7 @@ def looped(tmp_path, registry):
     store.close()
 
 
+@pytest.mark.processes
 def test_the_heartbeat_shows_what_runs_where_and_counts_the_runs(looped):
     queue, scheduler, tmp_path = looped
     log = tmp_path / "log"
@@ -99,6 +100,7 @@ def test_the_heartbeat_shows_what_runs_where_and_counts_the_runs(looped):
     assert runs == {"Noop": {"completed": 1}, "Boom": {"retried": 5, "failed": 1}}
 
 
+@pytest.mark.processes
 def test_a_stopped_scheduler_says_so_in_its_last_beat(looped):
     queue, scheduler, _ = looped
     scheduler.tick()

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import pytest
+
 from party.model import Status
 from party.pool import owner
 from party.queue import TaskQueue
@@ -19,6 +21,7 @@ def test_this_process_is_not_gone():
     assert not owner.is_gone(owner.identity())
 
 
+@pytest.mark.processes
 def test_an_exited_process_is_gone():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     me = owner.identity(proc.pid)
@@ -42,6 +45,7 @@ def test_an_owner_of_another_pid_namespace_or_boot_is_never_called_gone():
     assert not owner.is_gone("not an owner")
 
 
+@pytest.mark.processes
 def test_orphaned_leases_are_recovered_at_once_and_live_ones_are_left(store, registry, clock):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     dead = owner.identity(proc.pid)

@@ -1,4 +1,4 @@
-"""Scheduler and claiming workers over a real pool and a real SQLite file.
+"""Scheduler and claiming workers over a real pool (forked workers) and a real SQLite file.
 
 The workers claim with the system clock; the scheduler's clock is injected (it starts at the
 system time, and the lease tests step it).
@@ -18,6 +18,8 @@ from party.queue import TaskQueue
 from party.scheduler import Scheduler
 from party.stores.sqlite import SqliteStore
 from party.timestamps import system_now
+
+pytestmark = pytest.mark.processes  # every test forks a pool
 
 LEASE = 30
 
@@ -181,7 +183,9 @@ def test_workers_keep_their_leases_alive_while_the_scheduler_does_nothing(env, r
     try:
         first = wait_for(lambda: queue.get(task.id).lease_expires, what="the claim")
         recovered = []
+        deadline = time.monotonic() + 20
         while queue.get(task.id).status == Status.RUNNING:
+            assert time.monotonic() < deadline, "the 2.5 s run never ended"
             recovered += TaskQueue(queue.store, registry).recover_expired(now=system_now())
             time.sleep(0.05)
         assert recovered == []

@@ -16,6 +16,8 @@ from party.pool.forcerun import ForceRunClient, ForceRunUnavailable
 from party.queue import TaskQueue
 from party.stores.sqlite import SqliteStore
 
+pytestmark = pytest.mark.processes  # real forked workers
+
 
 @pytest.fixture
 def db(tmp_path, registry):
