@@ -429,9 +429,14 @@ def _free_singleton(task: Task) -> dict[str, Any]:
 
 
 def _checked_id(task_id: str) -> str:
+    # The words of the HTTP answer (``wire.check_id``): the in-process handle raises the same.
     if not is_valid_id(task_id):
+        long = isinstance(task_id, str) and len(task_id) > 40
+        shown = task_id[:40] + "..." if long else task_id
         raise ValidationError(
-            f"malformed task id {task_id!r}: expected 24 lowercase hex characters", field="id"
+            f"malformed task id {shown!r}: expected 24 lowercase hex characters, "
+            "as in the '_id' of a task",
+            field="id",
         )
     return task_id
 

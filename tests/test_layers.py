@@ -19,7 +19,7 @@ LAYERS = {
     "errors": 0, "timestamps": 0, "channel": 0, "storable": 0,
     "model": 1, "handler": 1,
     "stores": 2, "registry": 2,
-    "queue": 3,
+    "queue": 3, "admission": 3,
     "runner": 4,
     "pool": 5,
     "server": 6, "scheduler": 6,

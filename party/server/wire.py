@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from ..admission import check_items
 from ..errors import ValidationError
 from ..model import ALL_STATUSES, Task, is_valid_id
 from ..storable import INT64_MAX
@@ -67,9 +68,11 @@ def loads(body: bytes) -> Any:
 def parse_tasks(payload: Any, max_batch: int) -> list[Mapping[str, Any]]:
     """Check the envelope of ``POST /tasks`` and the shape of each item; return the items.
 
-    Checks here are those of the wire (an object with only ``tasks``, a non-empty list of at most
-    ``max_batch`` objects with only ``party``, ``data`` and ``timestamp``, ``party`` present); the
-    queue checks the values (known handler, data, timestamp) when it adds them.
+    Checks here are those of the request (an object with only ``tasks``, a non-empty list of at
+    most ``max_batch`` items); each item's shape (an object with only ``party``, ``data`` and
+    ``timestamp``, ``party`` present) is checked by ``admission.check_items``, and its values
+    (known handler, data, timestamp) by the queue when it adds them: the in-process add
+    (``party.open``) calls the same two.
     """
     if not isinstance(payload, dict):
         got = "an empty body" if payload is None else f"a JSON {_kind(payload)}"
@@ -103,27 +106,7 @@ def parse_tasks(payload: Any, max_batch: int) -> list[Mapping[str, Any]]:
             "split the batch into several requests",
             field="tasks",
         )
-    for index, item in enumerate(items):
-        if type(item) is not dict:
-            raise ValidationError(
-                f"item {index}: expected a task object "
-                f'{{"party": ..., "data": {{}}, "timestamp": ...}}, got a JSON {_kind(item)}',
-                index=index,
-            )
-        if not item.keys() <= _ITEM_FIELD_SET:
-            unknown = ", ".join(repr(k) for k in item if k not in _ITEM_FIELD_SET)
-            raise ValidationError(
-                f"item {index}: unknown field(s) {unknown}; a task has only "
-                + ", ".join(ITEM_FIELDS),
-                index=index,
-                field=next(k for k in item if k not in _ITEM_FIELD_SET),
-            )
-        if "party" not in item:
-            raise ValidationError(
-                f"item {index}: 'party' is missing; it names the handler to run (a class name)",
-                index=index,
-                field="party",
-            )
+    check_items(items)  # the item checks the in-process add shares (``admission``)
     return items
 
 
