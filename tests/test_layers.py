@@ -8,6 +8,7 @@ what it is there to catch.
 """
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,10 @@ LAYERS = {
     "queue": 3, "admission": 3,
     "runner": 4,
     "pool": 5,
-    "server": 6, "scheduler": 6,
+    # local (party.open) is a way into the queue beside the server and the scheduler: it reads the
+    # settings as they do, and as their peer it may not import either (no tornado, no validation
+    # of the server's own: the rules it shares with POST /tasks live in queue and admission).
+    "server": 6, "scheduler": 6, "local": 6,
     "cli": 7, "__main__": 7, "up": 7,
 }  # fmt: skip
 SERVICES = 6
@@ -189,4 +193,30 @@ def test_scheduler_and_public_api_start_without_the_date_parser_or_hashes():
 def test_public_api_is_pinned():
     import party
 
-    assert sorted(party.__all__) == ["TaskBase", "TaskException", "__version__", "system_now"]
+    assert sorted(party.__all__) == [
+        "TaskBase", "TaskException", "__version__", "open", "system_now",
+    ]  # fmt: skip
+
+
+def test_importing_party_loads_no_store_nor_server_nor_date_parser():
+    # party.open imports the store it opens; handler modules and applications that only import
+    # party pay for none of it.
+    heavy = ("tornado", "pymongo", "dateutil", "party.stores.sqlite", "party.stores.mongo",
+             "party.local", "party.queue", "sqlite3")  # fmt: skip
+    assert loaded_after("party", heavy) == "[]"
+
+
+def test_open_loads_the_sqlite_store_but_neither_tornado_nor_pymongo_nor_the_date_parser():
+    code = (
+        "import sys, tempfile, party; "
+        "q = party.open('sqlite:///' + tempfile.mkdtemp() + '/p.db'); q.add('SampleTask'); "
+        "q.close(); "
+        "print(sorted(m for m in ('tornado', 'pymongo', 'dateutil', 'party.server', "
+        "'party.scheduler', 'party.stores.sqlite') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARTY_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PARTY.parent, capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    assert out.stdout.strip() == "['party.stores.sqlite']"

@@ -1,0 +1,271 @@
+"""The in-process handle of ``party.open``: add, read and delete tasks without the server.
+
+A Python application that reaches the store adds tasks under exactly the rules of ``POST /tasks``,
+through the same code: ``admission.check_items`` for each item's shape, then ``TaskQueue.add`` for
+its values, the singleton and all or nothing; the store wakes idle workers after its commit, as for
+an add over HTTP. Tasks come back as ``BlockingHTTPClient`` returns them: dicts of the wire's
+fields with naive UTC datetimes for the times. Errors are the ``TaskException`` subclasses the
+server answers with, with the same message and item index.
+
+One handle serves any number of threads (the stores are thread-safe) and survives ``fork``: before
+a fork the parent closes its store (once no call is in progress), and a process that finds itself
+with another pid than the one that opened the store opens its own (a gunicorn master may open the
+handle before forking its workers). Imports ``config``, ``registry``, ``stores``, ``queue`` and
+``admission``; never the server (tornado) nor the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from . import config
+from .admission import check_items
+from .errors import ValidationError
+from .model import Task
+from .queue import TaskQueue
+from .registry import Registry, discover
+from .stores import Store, open_store
+
+__all__ = ["LocalQueue", "open_queue", "task_dict"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a fork waits for the calls in progress before it leaves the store open (the child
+#: then never touches the parent's connection, and opens its own all the same).
+FORK_WAIT = 10.0
+
+
+def open_queue(store: str | None = None) -> LocalQueue:
+    """``party.open``: a handle on the store ``store`` names (else ``PARTY_STORE``, else the
+    default), validating against the handlers of ``party/tasks/`` and ``PARTY_TASKS``.
+
+    Raises ``ConfigError`` for a bad setting, ``RegistryError`` when the handlers cannot be
+    loaded and ``StoreUnavailable`` when the store cannot be opened.
+    """
+    settings = config.load({"store": store})
+    return LocalQueue(settings.store, discover(settings.tasks))
+
+
+class LocalQueue:
+    """A queue handle in this process: ``add``, ``add_many``, ``get``, ``delete``, ``close``.
+
+    Also a context manager that closes it. ``url`` is the store's URL, ``registry`` the handlers
+    items are checked against.
+    """
+
+    def __init__(self, url: str, registry: Registry) -> None:
+        self.url = url
+        self.registry = registry
+        # Guards the fields below; calls hold it only to enter and leave (the store has its own).
+        self._state = threading.Condition(threading.Lock())
+        self._calls = 0
+        self._forking = False
+        self._closed = False
+        self._pid = os.getpid()
+        self._queue: TaskQueue | None = TaskQueue(open_store(url), registry)
+        _register(self)
+
+    def __repr__(self) -> str:
+        return f"<LocalQueue {self._queue.store if self._queue else self.url}>"
+
+    def __enter__(self) -> LocalQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the calls -----------------------------------------------------------------------------
+
+    def add(
+        self, party: str, data: Mapping[str, Any] | None = None, timestamp: Any = None
+    ) -> dict[str, Any]:
+        """Add one task of handler ``party``; return it as stored.
+
+        ``timestamp`` is a datetime (naive means UTC) or any form ``POST /tasks`` accepts; None
+        means now. Raises ``ValidationError`` or ``Conflict`` (a live recurring singleton).
+        """
+        item: dict[str, Any] = {"party": party}
+        if data is not None:
+            item["data"] = data
+        if timestamp is not None:
+            item["timestamp"] = timestamp
+        return self.add_many([item])[0]
+
+    def add_many(self, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Add ``{"party", "data", "timestamp"}`` items all or nothing; return them in order.
+
+        Raises ``ValidationError`` (``index`` names the item) or ``Conflict``; nothing is then
+        written. No batch limit applies (``--max-batch`` bounds a request); an empty batch adds
+        nothing.
+        """
+        if isinstance(items, Mapping | str):
+            raise ValidationError(
+                f"add_many takes a list of task objects, got a {type(items).__name__}; "
+                "add() adds one task"
+            )
+        items = list(items)
+        if not items:
+            return []
+        check_items(items)
+        with self._using() as queue:
+            tasks = queue.add(items)
+        # As over HTTP, the answer's data is a copy of what was stored, not the caller's object.
+        return [task_dict(task, copy_data=True) for task in tasks]
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        """The task with this id; ``ValidationError`` if malformed, ``NotFound`` if unknown."""
+        with self._using() as queue:
+            return task_dict(queue.get(task_id))
+
+    def delete(self, task_id: str) -> dict[str, Any]:
+        """Mark the task ``deleted`` (idempotent); return it. ``Conflict`` for a completed task,
+        ``NotFound`` for an unknown id."""
+        with self._using() as queue:
+            return task_dict(queue.delete(task_id))
+
+    def close(self) -> None:
+        """Close the store once the calls in progress end; the handle is not used afterwards."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            while self._calls:
+                self._state.wait()
+            queue, self._queue = self._queue, None
+        if queue is not None and self._pid == os.getpid():
+            queue.store.close()
+        _handles.discard(self)
+
+    # -- threads and forks ---------------------------------------------------------------------
+
+    @contextmanager
+    def _using(self) -> Iterator[TaskQueue]:
+        """This process's queue, counted as in use until the block ends (a fork waits for it)."""
+        with self._state:
+            while self._forking:
+                self._state.wait()
+            if self._closed:
+                raise ValueError("this queue handle is closed")
+            queue = self._queue
+            if queue is None or self._pid != os.getpid():
+                queue = self._reopen()
+            self._calls += 1
+        try:
+            yield queue
+        finally:
+            with self._state:
+                self._calls -= 1
+                if not self._calls:
+                    self._state.notify_all()
+
+    def _reopen(self) -> TaskQueue:
+        """Open this process's own store (after a fork, or after a fork closed it); hold _state."""
+        pid = os.getpid()
+        if self._pid != pid and self._queue is not None:
+            # The parent's connection, left open because a call was in progress at the fork:
+            # never used nor closed here (closing it could disturb the parent's locks).
+            _inherited.append(self._queue.store)
+        self._queue, self._pid = None, pid
+        self._queue = TaskQueue(open_store(self.url), self.registry)
+        return self._queue
+
+    def _before_fork(self) -> None:
+        """Close the store in the parent before a fork, so that no connection crosses it."""
+        with self._state:
+            if self._closed or self._pid != os.getpid():
+                return
+            self._forking = True
+            deadline = time.monotonic() + FORK_WAIT
+            while self._calls and self._state.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            if self._calls:
+                logger.warning(
+                    "fork while a call on %r ran for over %g s: its store stays open in the parent",
+                    self,
+                    FORK_WAIT,
+                )
+                return
+            queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.store.close()
+
+    def _after_fork(self, child: bool) -> None:
+        if child:
+            # The other threads are gone in the child; so is whoever held this lock.
+            self._state = threading.Condition(threading.Lock())
+            self._calls = 0
+            self._forking = False
+            return
+        with self._state:
+            self._forking = False
+            self._state.notify_all()
+
+
+def task_dict(task: Task, *, copy_data: bool = False) -> dict[str, Any]:
+    """``task`` as ``BlockingHTTPClient`` returns it: the fields of ``wire.encode_task``, with
+    naive UTC datetimes where the wire has ISO strings."""
+    out: dict[str, Any] = {
+        "_id": task.id,
+        "party": task.party,
+        "data": json.loads(json.dumps(task.data)) if copy_data else task.data,
+        "timestamp": task.timestamp,
+        "created": task.created,
+        "attempts": task.attempts,
+        "status": task.status.value,
+        "is_recurring": task.is_recurring,
+        "last_run_on": task.last_run_on,
+    }
+    if task.started_on is not None:
+        out["started_on"] = task.started_on
+        out["result"] = task.result
+    if task.completed_on is not None:
+        out["completed_on"] = task.completed_on
+    if task.last_error is not None:
+        out["last_error"] = task.last_error
+    return out
+
+
+# Open handles, for the fork hooks; weak, so a handle dropped without close() is not kept.
+_handles: weakref.WeakSet[LocalQueue] = weakref.WeakSet()
+# Stores inherited across a fork that could not close them first: kept referenced so they are
+# never finalized (closed) in the child.
+_inherited: list[Store] = []
+_hooks = threading.Lock()
+_hooked = False
+
+
+def _register(handle: LocalQueue) -> None:
+    global _hooked
+    with _hooks:
+        _handles.add(handle)
+        if not _hooked:
+            os.register_at_fork(
+                before=_before_fork,
+                after_in_parent=lambda: _after_fork(child=False),
+                after_in_child=lambda: _after_fork(child=True),
+            )
+            _hooked = True
+
+
+def _before_fork() -> None:
+    _hooks.acquire()  # held across the fork: no handle is registered half-way in the child
+    for handle in list(_handles):
+        handle._before_fork()
+
+
+def _after_fork(child: bool) -> None:
+    global _hooks
+    for handle in list(_handles):
+        handle._after_fork(child)
+    if child:
+        _hooks = threading.Lock()
+    else:
+        _hooks.release()
