@@ -6,6 +6,10 @@ and 1,000 tasks per POST over TCP. Each run measures the bare Tornado handler
 (``bench/bare_tornado.py``) on the same workload right after Party, so every figure is also a ratio
 to what Tornado itself does on this machine at that moment. Bodies are encoded before the clock
 starts; the clients use ``http.client`` directly.
+
+Then the in-process add (``party.open``, no server; the peer harness's W1 for ``party-local``): one
+``add`` per task from one process on a fresh store, durable (the store's default,
+``synchronous=full``: one sync of the log per add) and with ``?synchronous=normal``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ WORKLOADS = (
 SINGLE_RATIO_TARGET = 0.6
 #: Tasks per second through POSTs of 1,000 tasks.
 BATCH_1000_TARGET = 40_000.0
+#: In-process adds, one per call: (label, store URL option, full-size, quick-size).
+LOCAL_WORKLOADS = (
+    ("in-process single x1", "", 3000, 600),
+    ("in-process single x1 synchronous=normal", "?synchronous=normal", 20_000, 3000),
+)
 
 
 def _bodies(n_tasks: int, batch: int, offset: int) -> list[bytes]:
@@ -90,11 +99,34 @@ def load(address: str, n_tasks: int, batch: int, clients: int, offset: int) -> d
     }
 
 
+def _local_client(store: str, n: int, results: Any) -> None:  # pragma: no cover - a child
+    with harness.open_local(store) as queue:
+        queue.add("BenchNoop", data={"warmup": True})  # open the channel and warm up off the clock
+        started = time.perf_counter()
+        for i in range(n):
+            queue.add("BenchNoop", data={"i": i})
+        seconds = time.perf_counter() - started
+    results.put(seconds)
+
+
+def load_local(store: str, n: int) -> dict[str, Any]:
+    """``n`` in-process adds, one task per call, from a fresh process (forked: the handle is
+    opened there, as an application would); tasks/s."""
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_local_client, args=(store, n, results))
+    proc.start()
+    seconds = results.get(timeout=300)
+    proc.join()
+    return {"tasks": n, "seconds": seconds, "rate": n / seconds}
+
+
 def run(quick: bool, runs: int) -> dict[str, Any]:
     """Every workload on both transports, Party then bare Tornado, ``runs`` times."""
     party_rates: dict[str, list[float]] = {}
     bare_rates: dict[str, list[float]] = {}
     ratios: dict[str, list[float]] = {}
+    local_rates: dict[str, list[float]] = {}
     errors: list[str] = []
     offset = 0
     for run_index in range(runs):
@@ -131,7 +163,17 @@ def run(quick: bool, runs: int) -> dict[str, Any]:
                 finally:
                     server.stop()
                     bare.stop()
+        for label, option, full, small in LOCAL_WORKLOADS:
+            with harness.workdir() as tmp:
+                url = "sqlite:///" + str(tmp / "party.db") + option
+                if not option:
+                    url = harness.store_url(tmp / "party.db")  # PARTY_BENCH_SYNCHRONOUS applies
+                local = load_local(url, small if quick else full)
+            local_rates.setdefault(label, []).append(local["rate"])
+            harness.progress(f"enqueue run {run_index + 1}/{runs} {label}: {local['rate']:,.0f}/s")
     figures = []
+    for label, rates in local_rates.items():
+        figures.append(harness.figure(SECTION, label, rates, "tasks/s"))
     for key, rates in party_rates.items():
         is_single = key.startswith("single")
         target = BATCH_1000_TARGET if key.startswith("batch 1000") else None

@@ -408,6 +408,27 @@ def fill_queue(path: Path, n: int, party: str = "BenchNoop", batch: int = 1000) 
     return time.perf_counter() - started
 
 
+@contextmanager
+def open_local(store: str) -> Iterator[Any]:
+    """``party.open(store)`` with the bench handlers (``PARTY_TASKS``), closed at the end: the
+    in-process add an application beside the store uses instead of HTTP."""
+    import party
+
+    before = os.environ.get("PARTY_TASKS")
+    os.environ["PARTY_TASKS"] = HANDLERS
+    try:
+        queue = party.open(store)
+    finally:
+        if before is None:
+            del os.environ["PARTY_TASKS"]
+        else:
+            os.environ["PARTY_TASKS"] = before
+    try:
+        yield queue
+    finally:
+        queue.close()
+
+
 def copy_store(src: Path, dst: Path) -> None:
     """Copy a closed store file (its WAL checkpointed on close) to ``dst``."""
     for suffix in ("-wal", "-shm"):
