@@ -16,7 +16,6 @@ handle before forking its workers). Imports ``config``, ``registry``, ``stores``
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -215,7 +214,7 @@ def task_dict(task: Task, *, copy_data: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "_id": task.id,
         "party": task.party,
-        "data": json.loads(json.dumps(task.data)) if copy_data else task.data,
+        "data": _plain(task.data) if copy_data else task.data,
         "timestamp": task.timestamp,
         "created": task.created,
         "attempts": task.attempts,
@@ -231,6 +230,25 @@ def task_dict(task: Task, *, copy_data: bool = False) -> dict[str, Any]:
     if task.last_error is not None:
         out["last_error"] = task.last_error
     return out
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> Any:
+    """A copy of storable data as JSON would give it back: tuples become lists, subclasses
+    (an IntEnum, an OrderedDict) their plain JSON type. Cheaper than a JSON round trip."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    for base in (str, int, float):
+        if isinstance(value, base):
+            return base(value)
+    return value  # unreachable for data the queue accepted (storable refuses anything else)
 
 
 # Open handles, for the fork hooks; weak, so a handle dropped without close() is not kept.

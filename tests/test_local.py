@@ -208,10 +208,24 @@ def test_tasks_come_back_as_the_http_client_returns_them(handle, server):
 
 
 def test_the_answer_does_not_share_the_callers_data(handle):
-    data = {"n": 1}
+    data = {"n": 1, "l": [1, {"m": (2,)}]}
     task = handle.add("Noop", data=data)
     data["n"] = 2
-    assert task["data"] == {"n": 1} == handle.get(task["_id"])["data"]
+    data["l"][1]["m"] = 3
+    assert task["data"] == {"n": 1, "l": [1, {"m": [2]}]} == handle.get(task["_id"])["data"]
+
+
+def test_data_of_subclasses_comes_back_as_plain_json(handle):
+    import enum
+    from collections import OrderedDict
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    data = {"level": Level.HIGH, "o": OrderedDict(x=1.5), "t": ("a", "b")}
+    task = handle.add("Noop", data=data)
+    assert task["data"] == json.loads(json.dumps(data)) == handle.get(task["_id"])["data"]
+    assert type(task["data"]["level"]) is int and type(task["data"]["o"]) is dict
 
 
 @pytest.mark.parametrize(
