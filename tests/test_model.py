@@ -61,3 +61,29 @@ def test_forked_child_draws_ids_of_its_own():
     os.close(read)
     os.close(write)
     assert is_valid_id(child) and child[8:18] != new_id()[8:18]
+
+
+def test_the_field_table_declares_every_task_field_in_order():
+    from dataclasses import fields
+
+    from party.model import FIELD, FIELD_KINDS, REQUIRED, TASK_FIELDS, Kind, Wire
+
+    assert [spec.name for spec in TASK_FIELDS] == [f.name for f in fields(Task)]
+    assert FIELD_KINDS["timestamp"] is Kind.TIME and FIELD_KINDS["data"] is Kind.JSON
+    assert FIELD["id"].wire_name == "_id" and FIELD["lease"].wire is Wire.NEVER
+    assert [s.name for s in TASK_FIELDS if s.required] == [
+        "id", "party", "data", "timestamp", "created", "run_at"
+    ]  # fmt: skip
+    assert FIELD["attempts"].default == 0 and FIELD["party"].default is REQUIRED
+    assert {s.name for s in TASK_FIELDS if s.not_before} == {"timestamp", "run_at"}
+    for spec in TASK_FIELDS:  # a nullable field defaults to None; a defaulted one is never required
+        assert not spec.nullable or spec.default is None
+
+
+def test_a_pickled_task_is_a_flat_tuple_of_micros_and_strings():
+    at = datetime(2030, 1, 2, 3, 4, 5, 678901)
+    task = Task(new_id(), "Noop", {}, at, at, at, status=Status.RUNNING, lease_expires=at)
+    function, values = task.__reduce__()
+    assert function.__name__ == "task_from_micros" and function.__module__ == "party.model"
+    assert all(type(v) in (str, int, bool, dict, type(None)) for v in values)
+    assert function(*values) == task

@@ -6,6 +6,7 @@ from datetime import datetime
 import pytest
 
 from party.errors import ConfigError
+from party.model import Write
 from party.stores import describe_store_url, load_backend, open_store
 from party.stores.sqlite import SqliteStore
 
@@ -223,3 +224,34 @@ def test_due_is_counted_from_the_smaller_side_of_now(sqlite_path, monkeypatch, d
         + [task(future, past)]  # a force-run that failed: its retry is due before its time
     )
     assert store.stats(now)["due"] == _full_count(store, to_micros(now))[1] == due
+
+
+def test_a_file_made_before_a_field_was_declared_gains_its_column_on_open(sqlite_path):
+    from party.model import Task, new_id
+
+    store = SqliteStore(sqlite_path)
+    at = datetime(2030, 1, 1)
+    task = Task(new_id(), "Noop", {"a": 1}, at, at, at, last_error={"type": "E"})
+    store.insert_many([task])
+    store.close()
+    db = sqlite3.connect(sqlite_path)
+    db.execute("ALTER TABLE tasks DROP COLUMN last_error")  # as if declared after the file was made
+    db.commit()
+    db.close()
+    store = SqliteStore(sqlite_path)
+    columns = [row[1] for row in store._db.execute("PRAGMA table_info(tasks)")]
+    assert "last_error" in columns
+    assert store.get(task.id).last_error is None  # the default of the stored tasks
+    assert store.update(Write(task.id, {"last_error": {"type": "F"}})).last_error == {"type": "F"}
+    store.close()
+
+
+def test_the_tasks_table_has_one_column_per_task_field(sqlite_path):
+    from party.model import TASK_FIELDS
+
+    store = SqliteStore(sqlite_path)
+    rows = store._db.execute("PRAGMA table_info(tasks)").fetchall()
+    assert [row[1] for row in rows] == [spec.name for spec in TASK_FIELDS]
+    not_null = {row[1] for row in rows if row[3]}
+    assert not_null == {spec.name for spec in TASK_FIELDS if not spec.nullable} - {"id"}
+    store.close()

@@ -14,7 +14,7 @@ import logging
 import re
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -35,7 +35,7 @@ from pymongo.errors import (
 )
 
 from ..errors import ConfigError, StoreUnavailable
-from ..model import Status, Task, Write
+from ..model import TASK_FIELDS, FieldSpec, Kind, Status, Task, Write
 from ..timestamps import round_up_to_millis
 from .base import (
     OrderKey,
@@ -54,8 +54,6 @@ ORDER = [
     ("created", ASCENDING),
     ("_id", ASCENDING),
 ]
-_ROUND_UP = ("timestamp", "run_at")
-_TRUNCATE = ("created", "last_run_on", "started_on", "completed_on", "lease_expires")
 _CLAIM_RETRIES = 3
 #: Client options Party sets unless the URL (or the caller) sets them. Naive datetimes (UTC) are
 #: what the rest of Party handles, so ``tz_aware`` is not one a URL can change.
@@ -106,50 +104,60 @@ def _truncate_to_millis(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
 
 
+def _normalizer(spec: FieldSpec) -> Callable[[Any], Any] | None:
+    """How a value of ``spec`` becomes what BSON keeps (None: as it is). Times keep milliseconds:
+    a time the task must not start before is rounded up, any other truncated."""
+    if spec.kind == Kind.TIME:
+        return round_up_to_millis if spec.not_before else _truncate_to_millis
+    if spec.kind == Kind.STATUS:
+        return str
+    return None
+
+
+_NORMALIZERS = {spec.name: _normalizer(spec) for spec in TASK_FIELDS}
+# The fields of a document besides its ``_id``, each with its normalizer.
+_DOC_FIELDS = [(spec.name, _NORMALIZERS[spec.name]) for spec in TASK_FIELDS if spec.kind != Kind.ID]
+
+
 def _normalize(name: str, value: Any) -> Any:
-    if isinstance(value, datetime):
-        if name in _ROUND_UP:
-            return round_up_to_millis(value)
-        if name in _TRUNCATE:
-            return _truncate_to_millis(value)
-    if name == "status" and value is not None:
-        return str(value)
-    return value
+    normalize = _NORMALIZERS.get(name)
+    return value if normalize is None or value is None else normalize(value)
 
 
 def _task_to_doc(task: Task) -> dict[str, Any]:
+    """The document of ``task``; a field holding None is left out (so a partial index skips it)."""
     doc: dict[str, Any] = {"_id": ObjectId(task.id)}
-    for name in (
-        "party", "data", "timestamp", "created", "run_at", "attempts", "status", "is_recurring",
-        "last_run_on", "started_on", "completed_on", "result", "last_error", "lease",
-        "lease_expires", "singleton",
-    ):  # fmt: skip
+    for name, normalize in _DOC_FIELDS:
         value = getattr(task, name)
         if value is not None:
-            doc[name] = _normalize(name, value)
+            doc[name] = value if normalize is None else normalize(value)
     return doc
 
 
+def _decoder(spec: FieldSpec) -> Callable[[dict[str, Any]], Any]:
+    """Read ``spec`` from a document; a field the document lacks (one left out for holding None,
+    or declared after the document was written) reads its default."""
+    name = spec.name
+    if spec.kind == Kind.ID:
+        return lambda doc: str(doc["_id"])
+    if spec.kind == Kind.STATUS:
+        return lambda doc: Status(doc[name])
+    if spec.kind == Kind.BOOL:
+        default = bool(spec.default) if not spec.required else False
+        return lambda doc: bool(doc.get(name, default))
+    if spec.required:
+        if spec.kind == Kind.JSON:  # an empty object is read back as one, whatever was kept
+            return lambda doc: doc.get(name) or {}
+        return lambda doc: doc[name]
+    default = spec.default
+    return lambda doc: doc.get(name, default)
+
+
+_DECODERS = [_decoder(spec) for spec in TASK_FIELDS]
+
+
 def _doc_to_task(doc: dict[str, Any]) -> Task:
-    return Task(
-        id=str(doc["_id"]),
-        party=doc["party"],
-        data=doc.get("data") or {},
-        timestamp=doc["timestamp"],
-        created=doc["created"],
-        run_at=doc["run_at"],
-        attempts=doc.get("attempts", 0),
-        status=Status(doc["status"]),
-        is_recurring=bool(doc.get("is_recurring", False)),
-        last_run_on=doc.get("last_run_on"),
-        started_on=doc.get("started_on"),
-        completed_on=doc.get("completed_on"),
-        result=doc.get("result"),
-        last_error=doc.get("last_error"),
-        lease=doc.get("lease"),
-        lease_expires=doc.get("lease_expires"),
-        singleton=doc.get("singleton"),
-    )
+    return Task(*[decode(doc) for decode in _DECODERS])
 
 
 def _filter(write: Write) -> dict[str, Any]:

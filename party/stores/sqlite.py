@@ -26,7 +26,16 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..errors import ConfigError, StoreBusy, StoreUnavailable
-from ..model import Status, Task, Write, task_from_micros
+from ..model import (
+    TASK_FIELDS,
+    FieldSpec,
+    Kind,
+    Status,
+    Task,
+    Write,
+    compile_function,
+    task_from_micros,
+)
 from ..timestamps import from_micros, to_micros
 from .base import (
     OrderKey,
@@ -42,25 +51,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 4
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id            TEXT PRIMARY KEY,
-    party         TEXT NOT NULL,
-    data          TEXT NOT NULL,
-    timestamp     INTEGER NOT NULL,
-    created       INTEGER NOT NULL,
-    run_at        INTEGER NOT NULL,
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    status        TEXT NOT NULL,
-    is_recurring  INTEGER NOT NULL DEFAULT 0,
-    last_run_on   INTEGER,
-    started_on    INTEGER,
-    completed_on  INTEGER,
-    result        TEXT,
-    last_error    TEXT,
-    lease         TEXT,
-    lease_expires INTEGER,
-    singleton     TEXT
-);
+{tasks_table}
 -- Serves the due-task claim (status = 'queued', timestamp <= now) in queue order, and listings
 -- filtered by status, without a sort.
 CREATE INDEX IF NOT EXISTS tasks_order ON tasks (status, timestamp, attempts, created, id);
@@ -108,24 +99,43 @@ WHEN OLD.status IS NOT NEW.status OR OLD.party IS NOT NEW.party BEGIN
 END;
 """
 
-COLUMNS = (
-    "id",
-    "party",
-    "data",
-    "timestamp",
-    "created",
-    "run_at",
-    "attempts",
-    "status",
-    "is_recurring",
-    "last_run_on",
-    "started_on",
-    "completed_on",
-    "result",
-    "last_error",
-    "lease",
-    "lease_expires",
-    "singleton",
+# Column types of the field kinds: times are integer microseconds since the epoch (UTC), JSON is
+# its text, a bool 0 or 1.
+_COLUMN_TYPES = {
+    Kind.ID: "TEXT", Kind.TEXT: "TEXT", Kind.STATUS: "TEXT", Kind.JSON: "TEXT",
+    Kind.INT: "INTEGER", Kind.BOOL: "INTEGER", Kind.TIME: "INTEGER",
+}  # fmt: skip
+
+
+def _sql_literal(value: Any) -> str:
+    """A field's default written into SQL: Party's own constants, never user input."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + str(value).replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for a default of {value!r}")
+
+
+def _column(spec: FieldSpec) -> str:
+    """The definition of the column of ``spec`` (in CREATE TABLE and ADD COLUMN)."""
+    sql = f"{spec.name} {_COLUMN_TYPES[spec.kind]}"
+    if spec.kind == Kind.ID:
+        return sql + " PRIMARY KEY"
+    if not spec.nullable:
+        sql += " NOT NULL"
+    if not spec.required and spec.default is not None:
+        sql += " DEFAULT " + _sql_literal(spec.default)
+    return sql
+
+
+COLUMNS = tuple(spec.name for spec in TASK_FIELDS)
+SCHEMA = SCHEMA.replace(
+    "{tasks_table}",
+    "CREATE TABLE IF NOT EXISTS tasks (\n    "
+    + ",\n    ".join(_column(spec) for spec in TASK_FIELDS)
+    + "\n);",
 )
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tasks"
 RETURNING = " RETURNING " + ", ".join(COLUMNS)
@@ -157,10 +167,6 @@ _OLDEST_DUE = (
     "ORDER BY status, timestamp LIMIT 1"
 )
 
-_TIME_FIELDS = frozenset(
-    {"timestamp", "created", "run_at", "last_run_on", "started_on", "completed_on", "lease_expires"}
-)
-_JSON_FIELDS = frozenset({"data", "result", "last_error"})
 _EMPTY_OBJECT = "{}"
 
 
@@ -168,40 +174,68 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
+# How a value of each kind becomes a column value (None stays NULL); kinds not named go as is.
+_KIND_ENCODERS: dict[Kind, Callable[[Any], Any]] = {
+    Kind.TIME: to_micros,
+    Kind.JSON: _dumps,
+    Kind.BOOL: int,
+    Kind.STATUS: str,  # a plain str: a Status would take sqlite3's slow adapter path
+}
+_ENCODERS = {
+    spec.name: _KIND_ENCODERS[spec.kind] for spec in TASK_FIELDS if spec.kind in _KIND_ENCODERS
+}
+
+
 def _encode(name: str, value: Any) -> Any:
     if value is None:
         return None
-    if name in _TIME_FIELDS:
-        return to_micros(value)
-    if name in _JSON_FIELDS:
-        return _dumps(value)
-    if name == "is_recurring":
-        return int(value)
-    if name == "status":
-        return str(value)  # a plain str: a Status would take sqlite3's slow adapter path
-    return value
+    encode = _ENCODERS.get(name)
+    return value if encode is None else encode(value)
 
 
-def _json(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+def _row_decoder() -> Callable[[tuple[Any, ...]], Task]:
+    """``_row_to_task(row)``, written out for the columns of ``TASK_FIELDS``: rows are decoded
+    positionally, once per claimed task, so it is kept lean."""
+    names = [f"c_{spec.name}" for spec in TASK_FIELDS]
+    args = []
+    for spec, var in zip(TASK_FIELDS, names, strict=True):
+        if spec.kind == Kind.JSON:
+            if spec.nullable:
+                args.append(f"None if {var} is None else loads({var})")
+            else:
+                args.append(f"{{}} if {var} == '{{}}' else loads({var})")
+        elif spec.kind == Kind.BOOL:
+            args.append(
+                f"None if {var} is None else bool({var})" if spec.nullable else f"bool({var})"
+            )
+        else:
+            args.append(var)  # times stay integers and the status a str: task_from_micros decodes
+    source = (
+        "def _row_to_task(row):\n"
+        f"    ({', '.join(names)},) = row\n"
+        f"    return task_from_micros({', '.join(args)})\n"
+    )
+    namespace = {"task_from_micros": task_from_micros, "loads": json.loads}
+    return compile_function("_row_to_task", source, namespace)  # type: ignore[no-any-return]
 
 
-# Rows are decoded positionally: this runs once per claimed task, so it is kept lean.
-def _row_to_task(row: tuple[Any, ...]) -> Task:
-    (id_, party, data, ts, created, run_at, attempts, status, recurring, last_run, started,
-     completed, result, last_error, lease, lease_expires, singleton) = row  # fmt: skip
-    return task_from_micros(
-        id_, party, {} if data == _EMPTY_OBJECT else json.loads(data), ts, created, run_at,
-        attempts, status, bool(recurring), last_run, started, completed, _json(result),
-        _json(last_error), lease, lease_expires, singleton,
-    )  # fmt: skip
+_row_to_task = _row_decoder()
 
 
-# A task as ``TaskQueue.add`` makes it binds only the columns it sets: sqlite3 binds None, and a str
-# subclass such as Status, through a slow adapter lookup, which cost a third of a batched insert.
+# A fresh task (every field with a default holds it, as ``TaskQueue.add`` makes them) binds only its
+# required columns: sqlite3 binds None, and a str subclass such as Status, through a slow adapter
+# lookup, which cost a third of a batched insert. The defaults are written into the statement.
+_FRESH = tuple(spec for spec in TASK_FIELDS if spec.required)
+_DEFAULTED = tuple(spec for spec in TASK_FIELDS if not spec.required)
 INSERT_FRESH = (
-    "INSERT INTO tasks (id, party, data, timestamp, created, run_at, is_recurring, status) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued')"
+    "INSERT INTO tasks ("
+    + ", ".join(spec.name for spec in _FRESH + _DEFAULTED if spec.default is not None)
+    + ") VALUES ("
+    + ", ".join(
+        ["?"] * len(_FRESH)
+        + [_sql_literal(spec.default) for spec in _DEFAULTED if spec.default is not None]
+    )
+    + ")"
 )
 _compact_dumps: Callable[[Any], str]
 if json.encoder.c_make_encoder is None:  # pragma: no cover - CPython builds always have it
@@ -226,31 +260,45 @@ class _Micros(dict[datetime, int]):
         return micros
 
 
-def _task_to_row(task: Task, micros: _Micros) -> tuple[bool, tuple[Any, ...]]:
-    """Whether ``task`` is fresh, and its row: of ``INSERT_FRESH`` if it is, else of ``INSERT``."""
-    if (
-        task.status == Status.QUEUED
-        and task.attempts == 0
-        and task.singleton is None
-        and task.lease is None
-        and task.lease_expires is None
-        and task.started_on is None
-        and task.completed_on is None
-        and task.last_run_on is None
-        and task.result is None
-        and task.last_error is None
-    ):
-        data = task.data
-        return True, (
-            task.id,
-            task.party,
-            _compact_dumps(data) if data else _EMPTY_OBJECT,
-            micros[task.timestamp],
-            micros[task.created],
-            micros[task.run_at],
-            1 if task.is_recurring else 0,
-        )
-    return False, tuple(_encode(name, getattr(task, name)) for name in COLUMNS)
+def _row_encoder() -> Callable[[Task, _Micros], tuple[bool, tuple[Any, ...]]]:
+    """``_task_to_row(task, micros)``, written out for ``TASK_FIELDS``: whether ``task`` is fresh,
+    and its row, of ``INSERT_FRESH`` if it is, else of ``INSERT``."""
+    checks = []
+    namespace: dict[str, Any] = {"_encode_all": _encode_all}
+    for spec in _DEFAULTED:
+        if spec.default is None:
+            checks.append(f"task.{spec.name} is None")
+        else:
+            namespace[f"d_{spec.name}"] = spec.default
+            checks.append(f"task.{spec.name} == d_{spec.name}")
+    values = []
+    for spec in _FRESH:
+        value = f"task.{spec.name}"
+        if spec.kind == Kind.TIME:
+            values.append(f"micros[{value}]")
+        elif spec.kind == Kind.JSON:  # most data is an object, often empty
+            values.append(f"(_dumps({value}) if {value} or type({value}) is not dict else '{{}}')")
+        elif spec.kind == Kind.BOOL:
+            values.append(f"(1 if {value} else 0)")
+        elif spec.kind == Kind.STATUS:
+            values.append(f"str({value})")
+        else:
+            values.append(value)
+    source = (
+        "def _task_to_row(task, micros):\n"
+        f"    if {' and '.join(checks) or 'True'}:\n"
+        f"        return True, ({', '.join(values)},)\n"
+        "    return False, _encode_all(task)\n"
+    )
+    namespace["_dumps"] = _compact_dumps
+    return compile_function("_task_to_row", source, namespace)  # type: ignore[no-any-return]
+
+
+def _encode_all(task: Task) -> tuple[Any, ...]:
+    return tuple(_encode(name, getattr(task, name)) for name in COLUMNS)
+
+
+_task_to_row = _row_encoder()
 
 
 # What a write sets, in its own order: the columns given values, the columns cleared, whether it is
@@ -583,6 +631,7 @@ class SqliteStore(Store):
                                 for statement in _statements(SCHEMA):
                                     db.execute(statement)
                                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                            self._add_missing_columns()
                     return
                 finally:
                     if self._writer_fd is not None:
@@ -596,7 +645,26 @@ class SqliteStore(Store):
         db = self._db
         if self.path != ":memory:" and db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             return False
-        return bool(db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION)
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            return False
+        return not self._missing_columns()
+
+    def _missing_columns(self) -> list[FieldSpec]:
+        """The fields of ``TASK_FIELDS`` the file's tasks table has no column for (those declared
+        after the file was made)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        return [spec for spec in TASK_FIELDS if spec.name not in present]
+
+    def _add_missing_columns(self) -> None:
+        """Give the tasks table a column for each field declared since the file was made: a new
+        field only needs its line in ``model.Task``. Its stored tasks read its default."""
+        for spec in self._missing_columns():
+            if spec.required or (not spec.nullable and spec.default is None):
+                raise StoreUnavailable(
+                    f"cannot migrate SQLite store {self.path!r}: the new task field {spec.name!r} "
+                    "has no default for the tasks already stored (give it one in party/model.py)"
+                )
+            self._db.execute(f"ALTER TABLE tasks ADD COLUMN {_column(spec)}")
 
     def _close_lock_file(self) -> None:
         if self._writer_fd is not None:
