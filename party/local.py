@@ -64,7 +64,8 @@ class LocalQueue:
         self.url = url
         self.registry = registry
         # Guards the fields below; calls hold it only to enter and leave (the store has its own).
-        self._state = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._state = threading.Condition(self._lock)
         self._calls = 0
         self._forking = False
         self._closed = False
@@ -96,7 +97,7 @@ class LocalQueue:
             item["data"] = data
         if timestamp is not None:
             item["timestamp"] = timestamp
-        return self.add_many([item])[0]
+        return self._add([item])[0]
 
     def add_many(self, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Add ``{"party", "data", "timestamp"}`` items all or nothing; return them in order.
@@ -111,11 +112,15 @@ class LocalQueue:
                 "add() adds one task"
             )
         items = list(items)
-        if not items:
-            return []
+        return self._add(items) if items else []
+
+    def _add(self, items: list[Any]) -> list[dict[str, Any]]:
         check_items(items)
-        with self._using() as queue:
+        queue = self._enter()
+        try:
             tasks = queue.add(items)
+        finally:
+            self._leave()
         # As over HTTP, the answer's data is a copy of what was stored, not the caller's object.
         return [task_dict(task, copy_data=True) for task in tasks]
 
@@ -148,6 +153,23 @@ class LocalQueue:
     @contextmanager
     def _using(self) -> Iterator[TaskQueue]:
         """This process's queue, counted as in use until the block ends (a fork waits for it)."""
+        queue = self._enter()
+        try:
+            yield queue
+        finally:
+            self._leave()
+
+    def _enter(self) -> TaskQueue:
+        """This process's queue, counted as in use until ``_leave`` (a fork or close waits)."""
+        with self._lock:  # the common case, without the Condition's Python-level methods
+            queue = self._queue
+            if (
+                queue is not None
+                and not (self._forking or self._closed)
+                and self._pid == os.getpid()
+            ):
+                self._calls += 1
+                return queue
         with self._state:
             while self._forking:
                 self._state.wait()
@@ -157,13 +179,13 @@ class LocalQueue:
             if queue is None or self._pid != os.getpid():
                 queue = self._reopen()
             self._calls += 1
-        try:
-            yield queue
-        finally:
-            with self._state:
-                self._calls -= 1
-                if not self._calls:
-                    self._state.notify_all()
+            return queue
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._calls -= 1
+            if not self._calls and (self._forking or self._closed):
+                self._state.notify_all()
 
     def _reopen(self) -> TaskQueue:
         """Open this process's own store (after a fork, or after a fork closed it); hold _state."""
@@ -199,7 +221,8 @@ class LocalQueue:
     def _after_fork(self, child: bool) -> None:
         if child:
             # The other threads are gone in the child; so is whoever held this lock.
-            self._state = threading.Condition(threading.Lock())
+            self._lock = threading.Lock()
+            self._state = threading.Condition(self._lock)
             self._calls = 0
             self._forking = False
             return
