@@ -24,12 +24,13 @@ def check_items(items: Sequence[Any]) -> None:
     """Raise ``ValidationError`` (with ``index`` and ``field``) for the first item that is not an
     object of only the known fields with ``party`` present; return None when all are."""
     for index, item in enumerate(items):
-        check_item(index, item)
+        if type(item) is not dict or not item.keys() <= _FIELDS or "party" not in item:
+            check_item(index, item)  # says what is wrong (or passes a Mapping of another type)
 
 
 def check_item(index: int, item: Any) -> None:
     """``check_items`` for the one item at ``index``."""
-    if not isinstance(item, Mapping):
+    if type(item) is not dict and not isinstance(item, Mapping):  # dict first: the usual case
         raise ValidationError(
             f"item {index}: expected a task object "
             f'{{"party": ..., "data": {{}}, "timestamp": ...}}, got {_kind(item)}',
