@@ -146,7 +146,8 @@ class LocalQueue:
             queue, self._queue = self._queue, None
         if queue is not None and self._pid == os.getpid():
             queue.store.close()
-        _handles.discard(self)
+        with _hooks:
+            _handles.discard(self)
 
     # -- threads and forks ---------------------------------------------------------------------
 
