@@ -100,3 +100,21 @@ def wait_for(predicate, timeout=5.0, what="condition", interval=0.01):
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         time.sleep(interval)
+
+
+def pytest_configure(config):
+    from tests.serving import contract, watch_answers
+
+    contract()  # built now, not inside the first test that receives an answer
+    watch_answers()
+
+
+@pytest.fixture(autouse=True)
+def answers_follow_the_contract(request):
+    """Every HTTP answer a test receives conforms to the OpenAPI document (tests/serving.py)."""
+    yield
+    from tests.serving import take_violations
+
+    problems = take_violations()
+    if request.node.get_closest_marker("off_contract") is None:
+        assert not problems, "answers that break docs/openapi.json:\n" + "\n".join(problems)

@@ -1,13 +1,24 @@
-"""Servers for the HTTP tests: a real ``python -m party serve`` process, or the app in a thread.
+"""Servers for the HTTP tests: a real ``python -m party serve`` process, or the app in a thread;
+and the contract every answer they give is held to.
 
 ``ServerProcess`` is the server as users run it (its own interpreter, its warm force-run pool,
 signals). ``ServerThread`` runs ``make_app`` on a Unix socket and a TCP port inside the test
 process (httpx's ``serve_in_thread``), with force-runs executed inline in a thread, for the
 client and command-line tests that need a server but not its processes.
+
+``Contract`` checks an answer against the OpenAPI document (``party.server.openapi``);
+``watch_answers`` hooks ``http.client`` so that every answer any test receives (through
+``party.client``, ``http.client`` or ``UnixHTTPConnection``) is checked, and the autouse fixture
+``answers_follow_the_contract`` (conftest.py) fails the test that received one that drifts.
 """
 
 import asyncio
+import copy
+import http.client
+import io
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -162,3 +173,139 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
         self.queue.store.close()
+
+
+class Contract:
+    """The answers the OpenAPI document allows. Stricter than the document in one way: an object
+    of a declared shape carries no undeclared key, so a field added to the wire without being
+    declared in ``wire`` fails a test (the document itself lets clients expect more keys)."""
+
+    def __init__(self, document):
+        from jsonschema import Draft202012Validator
+
+        self._validator_class = Draft202012Validator
+        self.document = _closed(copy.deepcopy(document))
+        self._routes = [
+            (re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]*", re.escape(path)) + "/?$"), ops)
+            for path, ops in self.document["paths"].items()
+        ]
+        self._validators = {}
+
+    def violation(self, method, target, status, content_type, body):
+        """What is wrong with this answer to ``method target``, or None when it conforms."""
+        path = target.split("?", 1)[0]
+        if "://" in path:
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        ops = next((ops for pattern, ops in self._routes if pattern.match(path)), None)
+        operation = None if ops is None else ops.get(method.lower())
+        where = f"{method} {target[:100]} answered {status}"
+        if operation is None:
+            # No such endpoint or method: an error (404, 405, or a refusal before routing).
+            if not (400 <= status < 500 or status == 503):
+                return f"{where}: an undocumented endpoint must answer a 4xx or 503"
+            key = ("error",)
+            pointer = "#/components/schemas/Error"
+        else:
+            if str(status) not in operation["responses"]:
+                return f"{where}, a status the document does not list for it"
+            key = (path, method, status)
+            answer = operation["responses"][str(status)]
+            if "application/json" not in answer["content"]:
+                # A text answer (metrics, HTML): its media type is all there is to check.
+                medias = {m.split(";")[0] for m in answer["content"]}
+                if (content_type or "").split(";")[0].strip() not in medias:
+                    return f"{where} with Content-Type {content_type!r}, not one of {medias}"
+                return None
+            pointer = answer["content"]["application/json"]["schema"]
+            pointer = pointer["$ref"] if set(pointer) == {"$ref"} else pointer
+        if method.upper() == "HEAD":
+            return None
+        if not (content_type or "").startswith("application/json"):
+            return f"{where} with Content-Type {content_type!r}, not JSON"
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return f"{where} with a body that is not JSON: {body[:200]!r}"
+        validator = self._validators.get(key)
+        if validator is None:
+            schema = pointer if isinstance(pointer, dict) else {"$ref": pointer}
+            schema = {**schema, "components": self.document["components"]}
+            validator = self._validators[key] = self._validator_class(schema)
+        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        if errors:
+            shown = "; ".join(
+                f"at {'/'.join(map(str, e.absolute_path)) or 'top'}: {e.message[:300]}"
+                for e in errors[:3]
+            )
+            return f"{where} with a body that breaks the document: {shown}"
+        return None
+
+
+def _closed(node):
+    """``node`` with every declared object schema closed to undeclared keys (in place)."""
+    if isinstance(node, dict):
+        if "properties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _closed(value)
+    elif isinstance(node, list):
+        for value in node:
+            _closed(value)
+    return node
+
+
+_contract = None
+#: Violations seen since the last ``take_violations``.
+_violations = []
+
+
+def contract():
+    """The ``Contract`` of the document this checkout serves (built once)."""
+    global _contract
+    if _contract is None:
+        from party.server.openapi import document
+
+        _contract = Contract(document())
+    return _contract
+
+
+def take_violations():
+    """The answers that broke the contract since the last call."""
+    seen = list(_violations)
+    del _violations[: len(seen)]
+    return seen
+
+
+def watch_answers():
+    """Check every answer ``http.client`` receives in this process against the document (once;
+    idempotent). Connections of other libraries built on it (urllib3: the fuzzer's) are left
+    alone. The body is read at once and put back, so callers read it as usual."""
+    if getattr(http.client.HTTPConnection, "_party_watched", False):
+        return
+    putrequest = http.client.HTTPConnection.putrequest
+    getresponse = http.client.HTTPConnection.getresponse
+
+    def watched_putrequest(self, method, url, *args, **kwargs):
+        self._party_request = (method, url)
+        return putrequest(self, method, url, *args, **kwargs)
+
+    def watched_getresponse(self):
+        response = getresponse(self)
+        request = getattr(self, "_party_request", None)
+        if request is None or type(self).__module__.startswith("urllib3"):
+            return response
+        body = response.read()
+        if body:
+            response.fp = io.BytesIO(body)
+            response.length = len(body)
+            response.chunked = False
+        problem = contract().violation(
+            request[0], request[1], response.status, response.getheader("Content-Type"), body
+        )
+        if problem is not None:
+            _violations.append(problem)
+        return response
+
+    http.client.HTTPConnection.putrequest = watched_putrequest
+    http.client.HTTPConnection.getresponse = watched_getresponse
+    http.client.HTTPConnection._party_watched = True

@@ -4,7 +4,8 @@ Nothing here opens a store, forks or binds: the caller (``server.listen`` or a t
 queue, the settings and the force-run runner in, and each handler receives them through
 ``initialize`` (``AddTasks``, which serves the ordinary ``POST /tasks``, through its constructor).
 The store threads and the cached probes are made here too, one set per application. Imports
-tornado, ``config``, ``queue`` and ``server.handlers``/``offload``/``probes``/``pipeline``.
+tornado, ``config``, ``queue`` and ``server.handlers``/``offload``/``probes``/``pipeline``. Each
+route here has its ``Operation`` in ``server.openapi`` (tests/test_openapi.py holds them together).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .handlers import (
     AddTasks,
     HealthHandler,
     NotFoundHandler,
+    OpenAPIHandler,
     Runner,
     StatsHandler,
     TaskHandler,
@@ -60,6 +62,7 @@ def make_app(
             (r"/task/([^/]*)/?", TaskHandler, shared),
             (r"/stats/?", StatsHandler, shared),
             (r"/health/?", HealthHandler, shared),
+            (r"/openapi\.json", OpenAPIHandler, shared),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=shared,

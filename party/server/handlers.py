@@ -36,7 +36,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from .. import log
 from ..errors import StoreBusy, StoreUnavailable, TaskException
 from ..model import Status, Task
-from . import wire
+from . import openapi, wire
 from .pipeline import (
     DRAIN_LIMIT,
     ApiError,
@@ -58,10 +58,7 @@ INLINE_BODY = 64 * 1024
 #: Batches up to this many tasks may be inserted on the event loop when the store allows it.
 INLINE_ITEMS = 16
 
-ENDPOINTS = (
-    "POST /tasks, GET /tasks, GET /task/<id>, POST /task/<id>, DELETE /task/<id>, "
-    "GET /stats, GET /health"
-)
+ENDPOINTS = openapi.endpoints()
 
 
 @stream_request_body
@@ -260,6 +257,13 @@ class HealthHandler(JSONHandler):
     async def get(self) -> None:
         await self.ctx.health.get()
         self.send_json({"status": "ok"})
+
+
+class OpenAPIHandler(JSONHandler):
+    """``GET /openapi.json``: the OpenAPI 3.1 document of this API (``server.openapi``)."""
+
+    def get(self) -> None:
+        self.finish(openapi.document_bytes())
 
 
 class NotFoundHandler(JSONHandler):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,12 +22,203 @@ from ..model import ALL_STATUSES, Task, is_valid_id
 from ..storable import INT64_MAX
 from ..timestamps import format_timestamp, from_micros, to_micros
 
-#: The fields of one item of ``POST /tasks``.
-ITEM_FIELDS = ("party", "data", "timestamp")
-#: The query parameters of ``GET /tasks``.
-LIST_PARAMS = ("status", "party", "limit", "after")
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+
+# -- shapes ---------------------------------------------------------------------------------------
+# What crosses the wire, declared once as JSON Schema (2020-12, as OpenAPI 3.1 takes it):
+# ``server.openapi`` publishes these in ``GET /openapi.json`` and the tests validate every answer
+# against them. A change to an encoder or a parser below changes its shape here.
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a JSON object on the wire: its JSON Schema and what it means.
+
+    ``required``: every object carries it (an answer's field) or must (a request's field).
+    """
+
+    schema: Mapping[str, Any]
+    doc: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A JSON object on the wire, by its fields. ``closed``: the server refuses other fields (a
+    request's shape); an answer's shape is open, as every object may carry more keys later."""
+
+    doc: str
+    fields: Mapping[str, Field]
+    closed: bool = False
+
+
+def ref(shape: str) -> dict[str, str]:
+    """A JSON Schema reference to the shape named ``shape`` in ``SHAPES``."""
+    return {"$ref": f"#/components/schemas/{shape}"}
+
+
+def nullable(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` or null."""
+    return {"anyOf": [dict(schema), {"type": "null"}]}
+
+
+TASK_ID: Mapping[str, Any] = {"type": "string", "pattern": "^[0-9a-f]{24}$"}
+#: A time in an answer: ``format_timestamp``'s ISO 8601 UTC with microseconds.
+TIME: Mapping[str, Any] = {
+    "type": "string",
+    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$",
+    "examples": ["2014-03-11T05:12:22.086400Z"],
+}
+#: A time in a request: what ``timestamps.parse_timestamp`` accepts; null means now.
+TIME_INPUT: Mapping[str, Any] = {
+    "anyOf": [
+        {"type": "string", "description": "ISO 8601; naive is UTC, an offset is converted"},
+        {"type": "number", "description": "epoch seconds"},
+        {
+            "type": "object",
+            "description": "MongoDB extended JSON",
+            "properties": {"$date": {"type": ["string", "number"]}},
+            "required": ["$date"],
+            "additionalProperties": False,
+        },
+        {"type": "null", "description": "now"},
+    ],
+}
+STATUS: Mapping[str, Any] = {"type": "string", "enum": list(ALL_STATUSES)}
+_COUNT: Mapping[str, Any] = {"type": "integer", "minimum": 0}
+
+#: A task as ``encode_task`` writes it, in its order.
+TASK = Shape(
+    "A task. Fields that are not required appear once known.",
+    {
+        "_id": Field(TASK_ID, "the task's id"),
+        "party": Field({"type": "string"}, "the handler's name"),
+        "data": Field({"type": "object"}, "the handler's input"),
+        "timestamp": Field(TIME, "when it is due (UTC); retries never change it"),
+        "created": Field(TIME, "when it was added"),
+        "attempts": Field(_COUNT, "runs started; 0 before the first"),
+        "status": Field(STATUS, "where it is in its life"),
+        "is_recurring": Field({"type": "boolean"}, "its handler re-queues it"),
+        "last_run_on": Field(nullable(TIME), "start of the previous run of a recurring task"),
+        "started_on": Field(TIME, "start of its latest run", required=False),
+        "result": Field({}, "what its latest run returned (any JSON)", required=False),
+        "completed_on": Field(TIME, "end of its latest run", required=False),
+        "last_error": Field(ref("TaskError"), "the latest failure", required=False),
+    },
+)
+TASK_ERROR = Shape(
+    "How a run failed.",
+    {
+        "type": Field({"type": "string"}, "the exception's class, or a cause such as a timeout"),
+        "message": Field({"type": "string"}, "what went wrong"),
+        "traceback": Field(nullable({"type": "string"}), "where, when known"),
+        "at": Field(TIME, "when"),
+    },
+)
+#: One item of ``POST /tasks``.
+ITEM = Shape(
+    "A task to add.",
+    {
+        "party": Field(
+            {"type": "string", "minLength": 1, "examples": ["SampleTask"]},
+            "the handler's name (a class name)",
+        ),
+        "data": Field(
+            nullable({"type": "object"}),
+            "the handler's input (default {}): keys must not start with '$' nor hold NUL, "
+            "integers fit 64 bits, at most 100 levels deep and 15 MiB",
+            required=False,
+        ),
+        "timestamp": Field(TIME_INPUT, "when it is due (default: now)", required=False),
+    },
+    closed=True,
+)
+#: The fields of one item of ``POST /tasks``.
+ITEM_FIELDS = tuple(ITEM.fields)
+ADD = Shape(
+    "A batch of tasks, added all or nothing (at most --max-batch, 5000 by default).",
+    {"tasks": Field({"type": "array", "items": ref("TaskItem"), "minItems": 1}, "the tasks")},
+    closed=True,
+)
+RUN = Shape("A force-run takes no parameters: no body, {} or null.", {}, closed=True)
+PAGE = Shape(
+    "A page of tasks in queue order.",
+    {
+        "tasks": Field({"type": "array", "items": ref("Task")}, "the tasks of the page"),
+        "next": Field(
+            nullable({"type": "string"}),
+            "set when the page is full: pass it as 'after' for the next page (which may be empty)",
+        ),
+    },
+)
+#: The query of ``GET /tasks``, each parameter at most once.
+LIST_QUERY: Mapping[str, Field] = {
+    "status": Field(STATUS, "only tasks of this status", required=False),
+    "party": Field({"type": "string"}, "only tasks of this handler", required=False),
+    "limit": Field(
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+        "tasks per page",
+        required=False,
+    ),
+    "after": Field(
+        {"type": "string"}, "the 'next' value of the previous page (opaque)", required=False
+    ),
+}
+#: The query parameters of ``GET /tasks``.
+LIST_PARAMS = tuple(LIST_QUERY)
+STATS = Shape(
+    "Counts of the store; more keys may follow.",
+    {
+        "statuses": Field(
+            {
+                "type": "object",
+                "properties": {status: _COUNT for status in ALL_STATUSES},
+                "required": list(ALL_STATUSES),
+            },
+            "tasks per status",
+        ),
+        "parties": Field(
+            {
+                "type": "object",
+                "additionalProperties": {"type": "object", "additionalProperties": _COUNT},
+            },
+            "tasks per handler, then per status",
+        ),  # fmt: skip
+        "due": Field(_COUNT, "queued tasks whose time has come"),
+        "oldest_due_seconds": Field(
+            nullable({"type": "number"}), "how long the oldest due task has waited"
+        ),
+        "no_handler": Field(
+            _COUNT, "queued tasks that no live scheduler has the handler of", required=False
+        ),
+        "pruned": Field(
+            _COUNT, "tasks removed by retention since the store was created", required=False
+        ),
+    },
+)
+HEALTH = Shape(
+    "The store takes writes.", {"status": Field({"const": "ok"}, "always 'ok' with a 200")}
+)
+ERROR = Shape(
+    "Every error answer.",
+    {
+        "error": Field({"type": "string"}, "what is wrong and how to fix it"),
+        "index": Field(_COUNT, "the offending item of a batch", required=False),
+    },
+)
+#: Every shape by the name the document gives it.
+SHAPES: Mapping[str, Shape] = {
+    "Task": TASK,
+    "TaskError": TASK_ERROR,
+    "TaskItem": ITEM,
+    "AddTasks": ADD,
+    "RunTask": RUN,
+    "Page": PAGE,
+    "Stats": STATS,
+    "Health": HEALTH,
+    "Error": ERROR,
+}
 
 _ITEM_FIELD_SET = frozenset(ITEM_FIELDS)
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)

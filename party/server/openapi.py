@@ -1,0 +1,329 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
+
+Built from ``wire``'s shape declarations (the same module that encodes and parses them), so the
+document cannot drift from what the server sends. ``OPERATIONS`` is the table of endpoints:
+adding one is a route in ``app`` plus an ``Operation`` here (tests/test_openapi.py fails on a
+route without one, and on an entry without a route). The committed copy docs/openapi.json is
+written by ``python -m party.server.openapi docs/openapi.json``. Imports ``wire`` and ``party``'s
+version; never tornado, a store or the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from .. import __version__
+from . import wire
+from .wire import Field, Shape
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer of an operation: JSON of the shape named ``shape`` (an array of them when
+    ``array``), headers it carries (name -> description) and links to operations it leads to."""
+
+    description: str
+    shape: str = "Error"
+    array: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One method on one path. ``path`` is an OpenAPI template (``/task/{id}``, its parameters
+    in ``PATH_PARAMS``); an answer given as a string is an error (the ``Error`` shape). ``body``
+    names the request's shape; ``token``: refused without the token when the server has one."""
+
+    method: str
+    path: str
+    id: str
+    summary: str
+    answers: Mapping[int, Answer | str]
+    description: str = ""
+    body: str | None = None
+    body_required: bool = True
+    query: Mapping[str, Field] = field(default_factory=dict)
+    token: bool = True
+
+
+#: Parameters of the paths, by the name the templates give them.
+PATH_PARAMS: Mapping[str, Field] = {
+    "id": Field(wire.TASK_ID, "the task's '_id' (24 lowercase hex characters)"),
+}
+
+#: Answers any request may get (401 only where the token is needed).
+UNAUTHORIZED = Answer(
+    "The server has a token and the request did not carry it: send 'Authorization: Bearer "
+    "<token>'.",
+    headers={"WWW-Authenticate": 'Bearer realm="party"'},
+)
+FORBIDDEN = (
+    "A server without a token answers only requests addressed to a loopback name (Host), and "
+    "refuses a state change from a web page of another origin (Origin)."
+)
+TOO_LARGE = "The request body is over --max-body (PARTY_MAX_BODY, 8 MiB by default)."
+UNAVAILABLE = (
+    "The store or a worker is unavailable, or the server is stopping: nothing was written; "
+    "try again later. Never an answer to bad input."
+)
+
+_BY_ID = {"id": "$response.body#/_id"}
+_TASK_LINKS = {
+    "GetTask": {"operationId": "getTask", "parameters": _BY_ID},
+    "RunTask": {"operationId": "runTask", "parameters": _BY_ID},
+    "DeleteTask": {"operationId": "deleteTask", "parameters": _BY_ID},
+}
+_FIRST_ID = {"id": "$response.body#/0/_id"}
+
+#: Every endpoint, in the order the document lists them.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post",
+        "/tasks",
+        "addTasks",
+        "Add a batch of tasks, all or nothing",
+        {
+            201: Answer(
+                "The added tasks, in request order.",
+                "Task",
+                array=True,
+                links={
+                    name: {**link, "parameters": _FIRST_ID} for name, link in _TASK_LINKS.items()
+                },
+            ),
+            400: "An item is invalid (unknown handler, missing 'party', non-object 'data', bad "
+            "timestamp, unknown field, a key starting with '$'...), or the batch is empty or "
+            "over --max-batch; 'index' names the item. Nothing was added.",
+            409: "A recurring task of this handler and data is already queued or running (the "
+            "singleton rule). Nothing was added.",
+        },
+        body="AddTasks",
+    ),
+    Operation(
+        "get",
+        "/tasks",
+        "listTasks",
+        "A page of tasks in queue order",
+        {
+            200: Answer("The page; 'next' leads to the following one.", "Page"),
+            400: "An unknown or repeated parameter, or a bad value.",
+        },
+        description="Queue order: timestamp, then attempts, then created, then _id.",
+        query=wire.LIST_QUERY,
+    ),
+    Operation(
+        "get",
+        "/task/{id}",
+        "getTask",
+        "One task",
+        {
+            200: Answer("The task.", "Task"),
+            400: "A malformed id.",
+            404: "No task has this id.",
+        },
+    ),
+    Operation(
+        "post",
+        "/task/{id}",
+        "runTask",
+        "Run a task now, whatever its timestamp or place in the queue",
+        {
+            200: Answer("The task after its run.", "Task", links=_TASK_LINKS),
+            400: "A malformed id, or a body other than none, {} or null.",
+            404: "No task has this id.",
+            409: "The task is completed, deleted, failed or running.",
+        },
+        description="The run happens in a warm worker process of the server; the answer comes "
+        "when it ends.",
+        body="RunTask",
+        body_required=False,
+    ),
+    Operation(
+        "delete",
+        "/task/{id}",
+        "deleteTask",
+        "Delete a task (idempotent)",
+        {
+            200: Answer("The task, with status 'deleted'.", "Task", links=_TASK_LINKS),
+            400: "A malformed id.",
+            404: "No task has this id.",
+            409: "The task is completed.",
+        },
+        description="A running task finishes its run, but stays deleted and is never retried.",
+    ),
+    Operation(
+        "get",
+        "/stats",
+        "getStats",
+        "Counts per status and handler, due tasks and the oldest one's wait",
+        {200: Answer("The counts.", "Stats")},
+    ),
+    Operation(
+        "get",
+        "/health",
+        "getHealth",
+        "Whether the store takes writes",
+        {200: Answer("The store took a write within about a second.", "Health")},
+        description="Needs no token; answers within about a second whatever the store does. "
+        "503 names the reason.",
+        token=False,
+    ),
+    Operation(
+        "get",
+        "/openapi.json",
+        "getOpenAPI",
+        "This document",
+        {200: Answer("The OpenAPI 3.1 document of the API.", "OpenAPI")},
+    ),
+)
+
+
+def schema_of(shape: Shape) -> dict[str, Any]:
+    """The JSON Schema of an object of ``shape``."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "description": shape.doc,
+        "properties": {name: _described(f) for name, f in shape.fields.items()},
+    }
+    required = [name for name, f in shape.fields.items() if f.required]
+    if required:
+        schema["required"] = required
+    if shape.closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _described(f: Field) -> dict[str, Any]:
+    return {**f.schema, "description": f.doc}
+
+
+def _parameter(where: str, name: str, f: Field) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path" or f.required,
+        "description": f.doc,
+        "schema": dict(f.schema),
+    }
+
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _answer(answer: Answer) -> dict[str, Any]:
+    schema = wire.ref(answer.shape)
+    out: dict[str, Any] = {
+        "description": answer.description,
+        "content": _content({"type": "array", "items": schema} if answer.array else schema),
+    }
+    if answer.headers:
+        out["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in answer.headers.items()
+        }
+    if answer.links:
+        out["links"] = {name: dict(link) for name, link in answer.links.items()}
+    return out
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    answers: dict[int, Answer | str] = dict(op.answers)
+    if op.token:
+        answers[401] = UNAUTHORIZED
+    answers.update({403: FORBIDDEN, 413: TOO_LARGE, 503: UNAVAILABLE})
+    out: dict[str, Any] = {"operationId": op.id, "summary": op.summary}
+    if op.description:
+        out["description"] = op.description
+    params = [
+        _parameter("path", name, PATH_PARAMS[name])
+        for name in PATH_PARAMS
+        if "{" + name + "}" in op.path
+    ]
+    params += [_parameter("query", name, f) for name, f in op.query.items()]
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        schema = wire.ref(op.body)
+        out["requestBody"] = {
+            "required": op.body_required,
+            "content": _content(schema if op.body_required else wire.nullable(schema)),
+        }
+    out["responses"] = {
+        str(status): _answer(Answer(a) if isinstance(a, str) else a)
+        for status, a in sorted(answers.items())
+    }
+    if not op.token:
+        out["security"] = []
+    return out
+
+
+@cache
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (built once; do not modify it)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    schemas = {name: schema_of(shape) for name, shape in wire.SHAPES.items()}
+    schemas["OpenAPI"] = {
+        "type": "object",
+        "description": "An OpenAPI 3.1 document.",
+        "required": ["openapi", "info", "paths"],
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Party",
+            "version": __version__,
+            "description": "A job-queue daemon: applications add tasks over HTTP, a scheduler "
+            "runs them in forked workers. Every body is JSON; every error answers "
+            '{"error": "<what is wrong and how to fix it>"} (plus "index" for the item of a '
+            "batch) with a 4xx status, or 503 when the store or a worker is unavailable (nothing "
+            "was written); any other 5xx is a bug. Times are ISO 8601 UTC. Every object may "
+            "carry more keys than listed. See docs/http-api.md.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8032", "description": "the default address"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Needed only when the server has a token (PARTY_TOKEN / "
+                    "--token); then every request but GET /health carries it.",
+                }
+            },
+        },
+    }
+
+
+@cache
+def document_bytes() -> bytes:
+    """The document as the body of ``GET /openapi.json``."""
+    return wire.dumps(document())
+
+
+def document_text() -> str:
+    """The document as docs/openapi.json holds it (indented, one final newline)."""
+    return json.dumps(document(), indent=2, ensure_ascii=False) + "\n"
+
+
+def endpoints() -> str:
+    """Every endpoint, as ``GET /tasks, POST /tasks, ...`` (for a 404's message)."""
+    return ", ".join(f"{op.method.upper()} {op.path}" for op in OPERATIONS)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        with open(sys.argv[1], "w", encoding="utf-8") as out:
+            out.write(document_text())
+    else:
+        sys.stdout.write(document_text())
