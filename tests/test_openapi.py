@@ -165,6 +165,15 @@ def test_encoded_tasks_of_every_kind_match_the_task_shape(task):
     assert check("GET", "/tasks", 200, "application/json", page) is None
 
 
+def test_the_task_shape_follows_the_model_table_with_a_meaning_for_each_field():
+    from party.model import TASK_FIELDS, Wire
+
+    shown = [spec for spec in TASK_FIELDS if spec.wire is not Wire.NEVER]
+    assert [spec.wire_name for spec in shown] == list(wire.TASK.fields)[: len(shown)]
+    missing = [spec.name for spec in shown if not wire.TASK_DOCS.get(spec.name)]
+    assert not missing, f"say what {missing} mean in party/server/wire.py TASK_DOCS"
+
+
 def test_the_task_shape_declares_every_field_the_encoder_writes():
     written = set()
     for task in TASKS:

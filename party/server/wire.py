@@ -18,7 +18,7 @@ from typing import Any
 
 from ..admission import check_items
 from ..errors import ValidationError
-from ..model import ALL_STATUSES, Task, is_valid_id
+from ..model import ALL_STATUSES, TASK_FIELDS, FieldSpec, Kind, Task, Wire, is_valid_id
 from ..storable import INT64_MAX
 from ..timestamps import format_timestamp, from_micros, to_micros
 
@@ -88,23 +88,56 @@ TIME_INPUT: Mapping[str, Any] = {
 STATUS: Mapping[str, Any] = {"type": "string", "enum": list(ALL_STATUSES)}
 _COUNT: Mapping[str, Any] = {"type": "integer", "minimum": 0}
 
-#: A task as ``encode_task`` writes it, in its order.
+#: The JSON Schema of each kind of task field (``model.Kind``) on the wire.
+KIND_SCHEMA: Mapping[Kind, Mapping[str, Any]] = {
+    Kind.ID: TASK_ID,
+    Kind.TEXT: {"type": "string"},
+    Kind.STATUS: STATUS,
+    Kind.INT: _COUNT,
+    Kind.BOOL: {"type": "boolean"},
+    Kind.TIME: TIME,
+    Kind.JSON: {},
+}
+#: What each task field shown on the wire means (by ``model.Task`` name); a test wants one each.
+TASK_DOCS: Mapping[str, str] = {
+    "id": "the task's id",
+    "party": "the handler's name",
+    "data": "the handler's input",
+    "timestamp": "when it is due (UTC); retries never change it",
+    "created": "when it was added",
+    "attempts": "runs started; 0 before the first",
+    "status": "where it is in its life",
+    "is_recurring": "its handler re-queues it",
+    "last_run_on": "start of the previous run of a recurring task",
+    "started_on": "start of its latest run",
+    "completed_on": "end of its latest run",
+    "result": "what its latest run returned (any JSON)",
+    "last_error": "the latest failure",
+}
+#: Task fields whose schema is narrower than their kind's.
+_TASK_SCHEMAS: Mapping[str, Mapping[str, Any]] = {
+    "data": {"type": "object"},
+    "last_error": ref("TaskError"),
+}
+
+
+def _task_field(spec: FieldSpec) -> Field:
+    """The wire declaration of a task field, from ``model.TASK_FIELDS``: present on every task
+    (null while unset when nullable) or only once known."""
+    schema = _TASK_SCHEMAS.get(spec.name, KIND_SCHEMA[spec.kind])
+    always = spec.wire is Wire.ALWAYS
+    return Field(
+        nullable(schema) if always and spec.nullable else schema,
+        TASK_DOCS.get(spec.name, ""),
+        required=always,
+    )
+
+
+#: A task as ``encode_task`` writes it: the fields of ``model.TASK_FIELDS`` shown on the wire.
 TASK = Shape(
     "A task. Fields that are not required appear once known.",
     {
-        "_id": Field(TASK_ID, "the task's id"),
-        "party": Field({"type": "string"}, "the handler's name"),
-        "data": Field({"type": "object"}, "the handler's input"),
-        "timestamp": Field(TIME, "when it is due (UTC); retries never change it"),
-        "created": Field(TIME, "when it was added"),
-        "attempts": Field(_COUNT, "runs started; 0 before the first"),
-        "status": Field(STATUS, "where it is in its life"),
-        "is_recurring": Field({"type": "boolean"}, "its handler re-queues it"),
-        "last_run_on": Field(nullable(TIME), "start of the previous run of a recurring task"),
-        "started_on": Field(TIME, "start of its latest run", required=False),
-        "result": Field({}, "what its latest run returned (any JSON)", required=False),
-        "completed_on": Field(TIME, "end of its latest run", required=False),
-        "last_error": Field(ref("TaskError"), "the latest failure", required=False),
+        **{s.wire_name: _task_field(s) for s in TASK_FIELDS if s.wire is not Wire.NEVER},
     },
 )
 TASK_ERROR = Shape(
