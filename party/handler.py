@@ -1,7 +1,9 @@
 """TaskBase, the class every handler inherits, and the collector behind ``on_complete(tasks)``.
 
 A handler only records intentions (the next run, follow-up tasks); it never touches a store. The
-runner reads those intentions and the queue applies them. Imports only ``model`` and ``timestamps``.
+runner reads those intentions and the queue applies them. A class that declares ``schedule`` (cron)
+or ``every`` (an interval) is recurring, and its default ``on_complete`` queues its next slot
+(``schedule``'s arithmetic). Imports only ``model``, ``schedule`` and ``timestamps``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from .model import NewTask, Task
+from .schedule import Declaration, ScheduleError, declare, next_cron
 from .timestamps import parse_timestamp, system_now
 
 
@@ -39,7 +42,11 @@ class TaskBase:
     - ``max_attempts``: failed attempts before the task is ``failed`` for good (default 6);
     - ``retry_delay``: seconds, or ``callable(attempts) -> seconds``, before a retry (default 0);
     - ``timeout``: seconds a run may take before it is killed and counted as failed (default none);
-    - ``is_recurring``: the task re-queues itself from ``on_complete`` and is a singleton per data.
+    - ``is_recurring``: the task re-queues itself from ``on_complete`` and is a singleton per data;
+    - ``schedule`` (a cron expression read in ``timezone``, default UTC) or ``every`` (seconds or
+      a timedelta): a declared schedule. The class is then recurring, every scheduler that loads
+      it keeps one task of it queued (with ``schedule_data``, default {}), and ``on_complete``
+      queues the next slot unless overridden.
 
     During a run: ``_id``, ``timestamp``, ``last_run_on``, ``attempts``, ``is_recurring``, ``data``.
     """
@@ -48,6 +55,27 @@ class TaskBase:
     retry_delay: ClassVar[float | Callable[[int], float]] = 0
     timeout: ClassVar[float | None] = None
     is_recurring: ClassVar[bool] = False
+    schedule: ClassVar[str | None] = None
+    every: ClassVar[float | timedelta | None] = None
+    timezone: ClassVar[str] = "UTC"
+    schedule_data: ClassVar[dict[str, Any] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.schedule is not None or cls.every is not None:
+            cls.is_recurring = True  # a declared schedule implies it
+
+    @classmethod
+    def declaration(cls) -> Declaration | None:
+        """The schedule this class declares (None without ``schedule`` and ``every``).
+
+        Raises ``ScheduleError`` naming the class and the expression when it cannot be used (a
+        bad cron expression or time zone, a bad interval, both ``schedule`` and ``every``).
+        """
+        try:
+            return declare(cls.schedule, cls.every, cls.timezone, cls.schedule_data)
+        except ScheduleError as exc:
+            raise ScheduleError(f"handler {cls.__name__}: {exc}") from None
 
     def __init__(self, task: Task) -> None:
         self._id: str = task.id
@@ -62,21 +90,38 @@ class TaskBase:
         raise NotImplementedError(f"{type(self).__name__} must define run()")
 
     def on_complete(self, tasks: FollowUps) -> None:
-        """Called after every successful run; recurring tasks call ``schedule_next_run`` here."""
+        """Called after every successful run; recurring tasks call ``schedule_next_run`` here.
+
+        For a declared schedule the default queues the next slot: the next cron time strictly
+        after the slot just run, or ``timestamp + k*every``; missed slots are skipped.
+        """
+        declared = type(self).declaration()
+        if declared is not None:
+            self._next_run = declared.after(self.timestamp, system_now())
 
     def schedule_next_run(
-        self, minutes: float | None = None, timestamp: datetime | None = None
+        self,
+        minutes: float | None = None,
+        timestamp: datetime | None = None,
+        cron: str | None = None,
     ) -> datetime:
-        """Re-queue this task after the run, on a fixed cadence or at an exact time.
+        """Re-queue this task after the run, on a fixed cadence, at an exact time or on a cron.
 
         ``minutes=N``: at ``self.timestamp + k*N`` minutes for the smallest k >= 1 in the future, so
         the cadence never drifts and missed slots are skipped, not replayed. ``timestamp=T``: at T.
-        Returns the time chosen.
+        ``cron="0 9 * * MON-FRI"``: at its first time after this run's slot that lies in the future,
+        read in the class's ``timezone``. Returns the time chosen.
         """
-        if (minutes is None) == (timestamp is None):
-            raise ValueError("schedule_next_run takes exactly one of minutes= or timestamp=")
+        if sum(arg is not None for arg in (minutes, timestamp, cron)) != 1:
+            raise ValueError("schedule_next_run takes exactly one of minutes=, timestamp= or cron=")
         if timestamp is not None:
             self._next_run = parse_timestamp(timestamp)
+            return self._next_run
+        if cron is not None:
+            try:
+                self._next_run = next_cron(cron, max(self.timestamp, system_now()), self.timezone)
+            except ScheduleError as exc:
+                raise ValueError(f"{type(self).__name__}.schedule_next_run: {exc}") from None
             return self._next_run
         if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
             raise ValueError(f"minutes must be a positive number, got {minutes!r}")

@@ -142,6 +142,9 @@ class Task:
     delay runs (retries never change ``timestamp``, which keeps the task's place in the queue
     order). ``lease`` is the token of the current claim; every write of a run is conditional on
     it. ``singleton`` is set only while a recurring task is queued or running, and is unique.
+    ``schedule`` marks a task that a handler's declared schedule created (the declaration's text,
+    ``schedule.Declaration.text``): only such tasks are moved or deleted when the declaration
+    changes, and a changed text is how a change is seen.
     """
 
     id: str = _field(Kind.ID, wire_name="_id")
@@ -161,6 +164,7 @@ class Task:
     lease: str | None = _field(Kind.TEXT, None, nullable=True, wire=Wire.NEVER)
     lease_expires: datetime | None = _field(Kind.TIME, None, nullable=True, wire=Wire.NEVER)
     singleton: str | None = _field(Kind.TEXT, None, nullable=True, wire=Wire.NEVER)
+    schedule: str | None = _field(Kind.TEXT, None, nullable=True, wire=Wire.NEVER)
 
     @property
     def order_key(self) -> tuple[datetime, int, datetime, str]:
@@ -320,6 +324,8 @@ class NewTask:
     party: str
     data: dict[str, Any] = field(default_factory=dict)
     timestamp: datetime | None = None
+    #: The text of the declared schedule that adds it (``Task.schedule``); None for other adds.
+    schedule: str | None = None
 
 
 @dataclass

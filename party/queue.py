@@ -92,8 +92,9 @@ class TaskQueue:
         now: datetime,
     ) -> Task:
         """The task of one item, or ``ValidationError`` naming what is wrong with it."""
+        schedule = None
         if isinstance(item, NewTask):
-            party, data, when = item.party, item.data, item.timestamp
+            party, data, when, schedule = item.party, item.data, item.timestamp, item.schedule
         else:
             party, data, when = item.get("party"), item.get("data"), item.get("timestamp")
         if not isinstance(party, str) or not party:
@@ -139,6 +140,7 @@ class TaskQueue:
             run_at=timestamp,
             is_recurring=recurring,
             singleton=singleton_key(party, data) if recurring else None,
+            schedule=schedule,
         )
 
     def get(self, task_id: str) -> Task:
@@ -197,6 +199,19 @@ class TaskQueue:
             return task
         current = self.get(task_id)
         raise Conflict(f"task {task_id} is {current.status}: a completed task cannot be deleted")
+
+    def reschedule(self, task_id: str, timestamp: datetime, *, schedule: str | None) -> Task | None:
+        """Move a queued task to ``timestamp`` and mark it with ``schedule`` (a declared schedule
+        changed in code); None, and nothing written, unless it is still queued."""
+        fields = {"timestamp": timestamp, "run_at": timestamp, "schedule": schedule}
+        return self.store.update(Write(task_id, fields, statuses=(Status.QUEUED,)))
+
+    def discard(self, task_id: str) -> Task | None:
+        """Delete a task only while it is queued (a declared schedule removed from code); None,
+        and nothing written, once it runs or has ended."""
+        return self.store.update(
+            Write(task_id, {"status": Status.DELETED, "singleton": None}, statuses=(Status.QUEUED,))
+        )
 
     # -- claiming and recording --------------------------------------------------------------
 

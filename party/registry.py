@@ -1,8 +1,9 @@
 """Handler discovery: every TaskBase subclass defined in ``party/tasks/`` or in PARTY_TASKS sources.
 
 The registry is the only lookup for a handler name that arrives over HTTP or from the store: a name
-is matched against classes already imported at start-up, never imported on demand. Imports only
-``handler`` and ``errors``.
+is matched against classes already imported at start-up, never imported on demand. The registry
+checks the schedules handlers declare: a bad one stops the process that loads it, naming the handler
+and the expression. Imports only ``handler``, ``schedule`` and ``errors``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import ModuleType
 
 from .errors import RegistryError
 from .handler import TaskBase
+from .schedule import Declaration, ScheduleError
 
 BUILTIN_PACKAGE = "party.tasks"
 
@@ -44,9 +46,27 @@ class Registry:
         """Registered handler names, sorted."""
         return sorted(self._handlers)
 
+    def declarations(self) -> dict[str, Declaration | None]:
+        """Each handler's declared schedule (None for one that declares none), by name.
+
+        Raises ``RegistryError`` naming the handler and the expression for one that cannot be used.
+        """
+        declared: dict[str, Declaration | None] = {}
+        for name, cls in sorted(self._handlers.items()):
+            try:
+                declared[name] = cls.declaration()
+            except ScheduleError as exc:
+                raise RegistryError(f"{exc} (in {_where(cls)})") from None
+        return declared
+
     def register(self, cls: type[TaskBase]) -> None:
-        """Add one class; a second class under the same name is a RegistryError naming both."""
+        """Add one class; a second class under the same name, or a schedule that cannot be used,
+        is a RegistryError naming them."""
         name = cls.__name__
+        try:
+            cls.declaration()
+        except ScheduleError as exc:
+            raise RegistryError(f"{exc} (in {_where(cls)})") from None
         existing = self._handlers.get(name)
         if existing is not None and existing is not cls:
             raise RegistryError(

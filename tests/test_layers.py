@@ -17,7 +17,7 @@ PARTY = Path(__file__).resolve().parent.parent / "party"
 
 # Lower number = lower layer. A module may import its own layer's foundations or lower layers.
 LAYERS = {
-    "errors": 0, "timestamps": 0, "channel": 0, "storable": 0,
+    "errors": 0, "timestamps": 0, "channel": 0, "storable": 0, "schedule": 0,
     "model": 1, "handler": 1,
     "stores": 2, "registry": 2,
     "queue": 3, "admission": 3,
@@ -40,6 +40,7 @@ HOMES = {
     "pymongo": ("stores/mongo.py",),
     "bson": ("stores/mongo.py", "model.py", "stores/sqlite.py"),
     "multiprocessing": ("pool/",),
+    "cronsim": ("schedule.py",),
     "signal": ("server/listen.py", "scheduler/main.py", "cli.py", "up.py", "pool/"),
 }
 

@@ -66,6 +66,8 @@ class Heartbeat:
         self.handlers = sorted(handlers)
         self.counters: dict[str, dict[str, int]] = {}
         self.running: list[dict[str, Any]] = []
+        #: The schedules its handlers declare, by handler (``scheduler.schedules`` fills it).
+        self.schedules: dict[str, dict[str, Any]] = {}
         self.stopped: datetime | None = None
         self._next: datetime | None = None
 
@@ -91,6 +93,7 @@ class Heartbeat:
             "concurrency": self.concurrency,
             "handlers": self.handlers,
             "running": self.running,
+            "schedules": self.schedules,
             "runs": self.counters,
             "beat_every": BEAT_EVERY,
             "stopped": None if self.stopped is None else format_timestamp(self.stopped),

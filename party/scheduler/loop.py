@@ -2,7 +2,8 @@
 
 The workers claim due tasks from the store in queue order, run them and keep their leases alive
 (``pool``); the loop around them, steppable with ``tick(now)``, collects what they report,
-recovers now and then the tasks whose lease expired (a crashed scheduler's), and lets the pool
+recovers now and then the tasks whose lease expired (a crashed scheduler's), keeps the declared
+schedules' tasks (``schedules``), and lets the pool
 enforce timeouts and replace dead workers. ``run`` repeats passes, sleeping until a worker
 reports or the poll interval ends; it retries a store that stops answering with backoff, and on a
 stop request drains within the grace period and hands back what is unfinished. The loop has no
@@ -27,6 +28,7 @@ from ..pool import Finished, WorkerPool, owner
 from ..queue import TaskQueue
 from ..timestamps import format_timestamp, system_now
 from .heartbeat import Heartbeat, outcome_of
+from .schedules import Schedules
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,10 @@ class Scheduler:
         wakeup: int | None = None,
         is_gone: Callable[[str], bool] = owner.is_gone,
         heartbeat: Heartbeat | None = None,
+        schedules: Schedules | None = None,
     ) -> None:
         self.queue = queue
+        self.schedules = schedules
         self.is_gone = is_gone
         self.heartbeat = heartbeat
         self.pool = pool
@@ -112,6 +116,8 @@ class Scheduler:
         if self.heartbeat is not None and self.heartbeat.due(now):
             self.heartbeat.running = self._running()
             self.heartbeat.beat(now)
+        if self.schedules is not None and self.schedules.due(now):
+            self.schedules.tick(now)
         return tick
 
     def _recovered(self, tasks: list[Task], tick: Tick) -> None:
@@ -173,7 +179,8 @@ class Scheduler:
         now = self.clock()
         wake = now + timedelta(seconds=self.poll_interval)
         beat = None if self.heartbeat is None else self.heartbeat.next_beat
-        for due in (self._next_recover, self._next_orphans, beat):
+        ensure = None if self.schedules is None else self.schedules.next_pass
+        for due in (self._next_recover, self._next_orphans, beat, ensure):
             if due is not None:
                 wake = min(wake, due)
         return max((wake - now).total_seconds(), 0.001)

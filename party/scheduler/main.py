@@ -27,6 +27,7 @@ from ..stores import load_backend
 from ..timestamps import system_now
 from .heartbeat import FORGET_AFTER, Heartbeat
 from .loop import Scheduler
+from .schedules import Schedules
 
 logger = logging.getLogger(SCHEDULER)
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     logger.info("handlers: %s", ", ".join(registry.names) or "none")
+    declared = registry.declarations()  # checked by discover: a bad one stopped us above
 
     try:
         backend = load_backend(settings.store)  # imported before the fork: workers inherit it
@@ -92,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         store.forget_schedulers(started - FORGET_AFTER)
     except StoreUnavailable as exc:
         logger.warning("could not remove old scheduler records: %s", exc)
+    schedules = Schedules(queue, declared, heartbeat=heartbeat)
     scheduler = Scheduler(
         queue,
         pool,
+        schedules=schedules,
         poll_interval=settings.poll_interval,
         grace=settings.grace,
         wakeup=wake_read,
