@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import TaskException
-from .handler import TaskBase
+from .handler import TaskBase, on_worker_start, on_worker_stop
 from .timestamps import system_now
 
 if TYPE_CHECKING:
@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 __all__ = [
     "TaskBase",
     "TaskException",
+    "on_worker_start",
+    "on_worker_stop",
     "open",
     "system_now",
     "__version__",

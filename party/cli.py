@@ -31,7 +31,7 @@ SERVER_SETTINGS = (
 )  # fmt: skip
 CLIENT_SETTINGS = ("socket", "host", "port", "token")
 #: ``up`` takes every setting of the server and of the scheduler and passes each on.
-UP_SETTINGS = SERVER_SETTINGS + ("workers", "poll_interval", "grace")
+UP_SETTINGS = SERVER_SETTINGS + ("workers", "concurrency", "poll_interval", "grace")
 LIST_COLUMNS = ("_id", "party", "status", "attempts", "timestamp", "data")
 
 

@@ -27,6 +27,7 @@ class Settings:
     socket: str | None = None
     token: str | None = None
     workers: int = os.cpu_count() or 1
+    concurrency: int = 1
     poll_interval: float = 1.0
     grace: float = 30.0
     log_level: str = "INFO"
@@ -93,6 +94,11 @@ _SPEC: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "socket": (_optional, "a file path", "listen on this Unix socket instead of TCP (mode 0660)"),
     "token": (_optional, "a string", "require 'Authorization: Bearer <token>' on every request"),
     "workers": (_positive_int, "an integer >= 1", "worker processes of the scheduler"),
+    "concurrency": (
+        _positive_int,
+        "an integer >= 1",
+        "runs at once in each worker: async handlers on its event loop, others in threads",
+    ),
     "poll_interval": (
         _positive_float,
         "seconds > 0",

@@ -1,9 +1,13 @@
 """TaskBase, the class every handler inherits, and the collector behind ``on_complete(tasks)``.
 
 A handler only records intentions (the next run, follow-up tasks); it never touches a store. The
-runner reads those intentions and the queue applies them. A class that declares ``schedule`` (cron)
-or ``every`` (an interval) is recurring, and its default ``on_complete`` queues its next slot
-(``schedule``'s arithmetic). Imports only ``model``, ``schedule`` and ``timestamps``.
+runner reads those intentions and the queue applies them. ``run`` and ``on_complete`` may be
+``async def``. Also the worker hooks (``on_worker_start``, ``on_worker_stop``): functions a handler
+module registers to set up and tear down what its handlers share in a worker process (a database
+client opened after the fork); the registry collects those of the modules it loads. A class that
+declares ``schedule`` (cron) or ``every`` (an interval) is recurring, and its default
+``on_complete`` queues its next slot (``schedule``'s arithmetic). Imports only ``model``,
+``schedule`` and ``timestamps``.
 """
 
 from __future__ import annotations
@@ -11,11 +15,31 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .model import NewTask, Task
 from .schedule import Declaration, ScheduleError, declare, next_cron
 from .timestamps import parse_timestamp, system_now
+
+#: Every worker hook registered so far, in order: ("start" | "stop", function).
+WORKER_HOOKS: list[tuple[str, Callable[[], Any]]] = []
+
+_Hook = TypeVar("_Hook", bound=Callable[[], Any])
+
+
+def on_worker_start(fn: _Hook) -> _Hook:
+    """Decorator: call ``fn()`` once in each worker process after the fork, before its first run
+    (an ``async def`` runs on the worker's event loop). If it raises, that worker stops with the
+    error logged and the pool starts a new one after a growing delay."""
+    WORKER_HOOKS.append(("start", fn))
+    return fn
+
+
+def on_worker_stop(fn: _Hook) -> _Hook:
+    """Decorator: call ``fn()`` once when a worker process stops normally (not when it is
+    killed or crashes)."""
+    WORKER_HOOKS.append(("stop", fn))
+    return fn
 
 
 class FollowUps:

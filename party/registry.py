@@ -2,6 +2,7 @@
 
 The registry is the only lookup for a handler name that arrives over HTTP or from the store: a name
 is matched against classes already imported at start-up, never imported on demand. The registry
+also holds the worker hooks (``on_worker_start``/``on_worker_stop``) of the modules it loaded, and
 checks the schedules handlers declare: a bad one stops the process that loads it, naming the handler
 and the expression. Imports only ``handler``, ``schedule`` and ``errors``.
 """
@@ -14,12 +15,13 @@ import importlib.util
 import inspect
 import pkgutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from .errors import RegistryError
-from .handler import TaskBase
+from .handler import WORKER_HOOKS, TaskBase
 from .schedule import Declaration, ScheduleError
 
 BUILTIN_PACKAGE = "party.tasks"
@@ -28,8 +30,17 @@ BUILTIN_PACKAGE = "party.tasks"
 class Registry:
     """Handler name → class, built once at start-up."""
 
-    def __init__(self, handlers: dict[str, type[TaskBase]] | None = None) -> None:
+    def __init__(
+        self,
+        handlers: dict[str, type[TaskBase]] | None = None,
+        *,
+        start_hooks: Iterable[Callable[[], Any]] = (),
+        stop_hooks: Iterable[Callable[[], Any]] = (),
+    ) -> None:
         self._handlers: dict[str, type[TaskBase]] = dict(handlers or {})
+        #: Called once in each worker process before its first run / when it stops normally.
+        self.start_hooks: list[Callable[[], Any]] = list(start_hooks)
+        self.stop_hooks: list[Callable[[], Any]] = list(stop_hooks)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._handlers
@@ -91,6 +102,11 @@ def discover(sources: Iterable[str] = ()) -> Registry:
     for module in modules:
         for cls in _handlers_defined_in(module):
             registry.register(cls)
+    loaded = {module.__name__ for module in modules}
+    for kind, fn in WORKER_HOOKS:
+        hooks = registry.start_hooks if kind == "start" else registry.stop_hooks
+        if getattr(fn, "__module__", None) in loaded and fn not in hooks:
+            hooks.append(fn)
     return registry
 
 

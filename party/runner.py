@@ -1,68 +1,169 @@
 """Run one claimed task: build its handler, call ``run`` and ``on_complete``, return the outcome.
 
-Used by pool workers and by the server's force-run. Timeouts are enforced by the pool, which can
-kill a process; the runner itself never sleeps or forks. Imports ``handler``, ``registry``,
-``model``, ``queue`` and ``timestamps``.
+Used by pool workers and by the server's force-run. ``async def`` handlers run either to their end
+on the calling thread's own loop (``run_task``) or awaited on a running one (``run_task_async``,
+a worker that runs many at once). Timeouts are enforced by the pool (it kills a process or cancels
+a run); the runner itself never sleeps or forks. Also ``run_hooks``, for the worker hooks.
+Imports ``handler``, ``registry``, ``model``, ``queue`` and ``timestamps``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import threading
 import traceback
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from .handler import FollowUps
+from .handler import FollowUps, TaskBase
 from .model import Outcome, Status, Task
 from .queue import TaskQueue, error_info
 from .registry import Registry
 from .storable import MAX_BSON_BYTES, Unstorable, document_size, value_size
 from .timestamps import system_now
 
+if TYPE_CHECKING:
+    import asyncio
+
 logger = logging.getLogger(__name__)
 
 
 def run_task(task: Task, registry: Registry) -> Outcome:
     """Run ``task`` with its registered handler and describe what happened; never raises
-    (but for KeyboardInterrupt and SystemExit)."""
+    (but for KeyboardInterrupt and SystemExit). An ``async def`` run or ``on_complete`` is driven
+    to its end on this thread's event loop (``worker_loop``)."""
     started = system_now()
     handler_cls = registry.get(task.party)
     if handler_cls is None:
-        known = ", ".join(registry.names) or "none"
-        message = f"no handler named {task.party!r} is registered here (known: {known})"
-        return Outcome(
-            task,
-            ok=False,
-            started_on=started,
-            finished_on=system_now(),
-            error=error_info("UnknownHandler", message, at=started),
-            permanent=True,
-        )
+        return _unknown(task, registry, started)
     try:
         handler = handler_cls(task)
-        result = _jsonable(handler.run(), task)
-        follow_ups = FollowUps()
+        result = handler.run()
+        if _awaitable(result):
+            result = worker_loop().run_until_complete(_await(result))
+        result = _jsonable(result, task)
         problem = _unstorable(result, task)
         if problem is not None:
-            finished = system_now()
-            return Outcome(
-                task,
-                ok=False,
-                started_on=started,
-                finished_on=finished,
-                error=error_info("UnstorableResult", problem, at=finished),
-                permanent=True,  # the same result would come back: no retry
-            )
-        handler.on_complete(follow_ups)
+            return _unstorable_outcome(task, started, problem)
+        follow_ups = FollowUps()
+        done = handler.on_complete(follow_ups)
+        if done is not None and _awaitable(done):
+            worker_loop().run_until_complete(_await(done))
     except Exception as exc:
-        finished = system_now()
-        return Outcome(
-            task,
-            ok=False,
-            started_on=started,
-            finished_on=finished,
-            error=error_info(type(exc).__name__, str(exc), traceback.format_exc(), at=finished),
-        )
+        return _failed(task, started, exc)
+    return _completed(task, started, handler, result, follow_ups)
+
+
+async def run_task_async(task: Task, registry: Registry) -> Outcome:
+    """``run_task`` for a handler whose ``run`` is ``async def``, awaited on the running loop
+    (a worker that runs many at once); a cancellation (its timeout) propagates."""
+    started = system_now()
+    handler_cls = registry.get(task.party)
+    if handler_cls is None:
+        return _unknown(task, registry, started)
+    try:
+        handler = handler_cls(task)
+        result = handler.run()
+        if inspect.isawaitable(result):
+            result = await result
+        result = _jsonable(result, task)
+        problem = _unstorable(result, task)
+        if problem is not None:
+            return _unstorable_outcome(task, started, problem)
+        follow_ups = FollowUps()
+        done = handler.on_complete(follow_ups)
+        if inspect.isawaitable(done):
+            await done
+    except Exception as exc:
+        return _failed(task, started, exc)
+    return _completed(task, started, handler, result, follow_ups)
+
+
+def is_async(handler_cls: type[TaskBase] | None) -> bool:
+    """Whether the handler's ``run`` is ``async def`` (it then runs on a worker's event loop)."""
+    if handler_cls is None:
+        return False
+    flag = _ASYNC.get(handler_cls)
+    if flag is None:
+        flag = _ASYNC[handler_cls] = inspect.iscoroutinefunction(handler_cls.run)
+    return flag
+
+
+_ASYNC: dict[type, bool] = {}
+_local = threading.local()
+
+
+def worker_loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop, made once and kept: the loop async handlers and async worker
+    hooks run on (a client a start hook opens stays bound to the loop the handlers use)."""
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        import asyncio  # here: a worker without async handlers never pays for the import
+
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop
+
+
+def _awaitable(value: Any) -> bool:
+    # The plain results of most runs are told apart by type, without the ABC check.
+    return type(value) not in _PLAIN and inspect.isawaitable(value)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def run_hooks(hooks: list[Callable[[], Any]]) -> None:
+    """Call worker hooks in order (an async one on ``worker_loop``); the first that raises
+    stops the rest and propagates."""
+    for hook in hooks:
+        done = hook()
+        if inspect.isawaitable(done):
+            worker_loop().run_until_complete(_await(done))
+
+
+def _unknown(task: Task, registry: Registry, started: datetime) -> Outcome:
+    known = ", ".join(registry.names) or "none"
+    message = f"no handler named {task.party!r} is registered here (known: {known})"
+    return Outcome(
+        task,
+        ok=False,
+        started_on=started,
+        finished_on=system_now(),
+        error=error_info("UnknownHandler", message, at=started),
+        permanent=True,
+    )
+
+
+def _unstorable_outcome(task: Task, started: datetime, problem: str) -> Outcome:
+    finished = system_now()
+    return Outcome(
+        task,
+        ok=False,
+        started_on=started,
+        finished_on=finished,
+        error=error_info("UnstorableResult", problem, at=finished),
+        permanent=True,  # the same result would come back: no retry
+    )
+
+
+def _failed(task: Task, started: datetime, exc: Exception) -> Outcome:
+    finished = system_now()
+    return Outcome(
+        task,
+        ok=False,
+        started_on=started,
+        finished_on=finished,
+        error=error_info(type(exc).__name__, str(exc), traceback.format_exc(), at=finished),
+    )
+
+
+def _completed(
+    task: Task, started: datetime, handler: TaskBase, result: Any, follow_ups: FollowUps
+) -> Outcome:
     return Outcome(
         task,
         ok=True,

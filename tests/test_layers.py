@@ -195,7 +195,8 @@ def test_public_api_is_pinned():
     import party
 
     assert sorted(party.__all__) == [
-        "TaskBase", "TaskException", "__version__", "open", "system_now",
+        "TaskBase", "TaskException", "__version__", "on_worker_start", "on_worker_stop", "open",
+        "system_now",
     ]  # fmt: skip
 
 

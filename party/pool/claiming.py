@@ -34,41 +34,53 @@ class ClaimPolicy:
 
 
 class Prefetch:
-    """The adaptive depth of one claiming worker."""
+    """The adaptive depth of one claiming worker that runs up to ``concurrency`` runs at once.
 
-    def __init__(self, policy: ClaimPolicy) -> None:
+    The depth counts every task held, running or not. It starts at ``concurrency`` (a worker with
+    room for 64 runs claims 64), grows past it only under a backlog of runs known to be short, and
+    its time budget is ``PREFETCH_SECONDS`` of expected work per run slot.
+    """
+
+    def __init__(self, policy: ClaimPolicy, concurrency: int = 1) -> None:
         self.policy = policy
-        self.depth = 1
+        self.concurrency = concurrency
+        self.cap = policy.max_depth + concurrency - 1
+        self.depth = concurrency
         self.mean_duration = 0.0
         self.starved = False
 
-    def wants_more(self, pending: int) -> bool:
-        """Whether to claim now, holding ``pending`` unstarted tasks: refill at half depth while
-        a backlog lasts; once a claim came back short (nothing more was due), run what is held
-        first instead of asking the store again after every run."""
-        if not pending:
-            return True
-        return not self.starved and pending <= self.depth // 2
+    def _budget(self) -> int:
+        if self.mean_duration <= 0:
+            return self.cap
+        ahead = int(PREFETCH_SECONDS * self.concurrency / self.mean_duration)
+        return max(self.concurrency, min(self.cap, ahead))
 
-    def room(self, pending: int) -> int:
-        """How many tasks the next claim may take."""
-        budget = self.policy.max_depth
-        if self.mean_duration > 0:
-            budget = min(budget, int(PREFETCH_SECONDS / self.mean_duration))
-        self.depth = max(1, min(self.depth, budget))
-        return self.depth - pending
+    def wants_more(self, pending: int, running: int = 0) -> bool:
+        """Whether to claim now, holding ``pending`` unstarted tasks beside ``running`` runs:
+        when a free run slot has nothing to start, or at half depth while a backlog lasts; once
+        a claim came back short (nothing more was due), run what is held first instead of
+        asking the store again after every run."""
+        if pending < self.concurrency - running:
+            return True
+        return not self.starved and pending + running <= self.depth // 2
+
+    def room(self, held: int) -> int:
+        """How many tasks the next claim may take, ``held`` being held already."""
+        self.depth = max(self.concurrency, min(self.depth, self._budget()))
+        return self.depth - held
 
     def claimed(self, got: int, room: int) -> None:
         """Adapt to a claim of ``room`` that returned ``got`` tasks: deeper only while the queue
         has more due tasks than this worker takes, and never beyond the time budget."""
         self.starved = got < room
-        budget = self.policy.max_depth
-        if self.mean_duration > 0:
-            budget = min(budget, max(1, int(PREFETCH_SECONDS / self.mean_duration)))
-        if got == room:
+        budget = self._budget()
+        # Several run slots: no prefetch before a run has shown how long runs take (long runs
+        # would hold tasks back that other workers could take).
+        grow = self.concurrency == 1 or self.mean_duration > 0
+        if got == room and grow:
             self.depth = min(self.depth * 2, budget)
         elif got < room // 2:
-            self.depth = max(1, self.depth // 2)
+            self.depth = max(self.concurrency, self.depth // 2)
 
     def ran(self, duration: float) -> None:
         """Fold one run's duration into the mean (exponentially weighted)."""

@@ -7,10 +7,12 @@ stopped scheduler process cannot let them lapse while its workers go on running.
 cannot keep, it does not run: a run does not start on a lease with less than a third left, a
 running task whose lease was lost or lapsed (the store stopped answering, the task was recovered
 elsewhere) ends the worker at once (``LEASE_LOST_EXIT``), so two workers never run one task at
-the same time. The keeper also hands back prefetched tasks held behind a run that has gone on for
-``HOLD_BEHIND`` seconds (so a crash strands at most about a second of work and other workers take
-them meanwhile), and is the backstop of a handler's ``timeout`` when the parent does not kill an
-overrun (it records the failure and ends the worker). Imports ``queue``, ``model``, ``registry``,
+the same time. The keeper also hands back prefetched tasks held behind runs that have filled every
+run slot of the worker for ``HOLD_BEHIND`` seconds (so a crash strands at most about a second of
+work and other workers take them meanwhile), and is the backstop of a handler's ``timeout`` when
+nothing else ended an overrun (it records the failure and ends the worker). A run whose timeout
+its worker recorded itself (a thread that cannot be killed) is ``abandon``-ed: its lease is no
+longer this worker's, and the keeper stops watching it. Imports ``queue``, ``model``, ``registry``,
 ``errors`` and ``messages``.
 """
 
@@ -81,6 +83,7 @@ class Leases:
         *,
         name: str = "worker",
         exit: Callable[[int], object] = os._exit,
+        capacity: int = 1,
     ) -> None:
         self._open_queue = open_queue
         self._queue: TaskQueue | None = None
@@ -89,6 +92,7 @@ class Leases:
         self.renew_every = lease_seconds / 3
         self.name = name
         self._exit = exit
+        self.capacity = capacity  # runs at once: prefetched tasks wait only when all are busy
         self._lock = threading.Lock()
         self._held: dict[int, _Held] = {}
         self._stop = threading.Event()
@@ -131,6 +135,12 @@ class Leases:
             held = self._held.get(seq)
             if held is not None:
                 held.state = State.ENDED
+
+    def abandon(self, seq: int) -> None:
+        """Stop watching run ``seq``, still in its handler: its worker recorded its timeout and
+        gave up its lease (its thread cannot be stopped)."""
+        with self._lock:
+            self._held.pop(seq, None)
 
     def drop(self, seqs: Iterable[int]) -> None:
         """Forget runs whose outcome is recorded (or that were handed back)."""
@@ -195,7 +205,7 @@ class Leases:
             if limit is not None and now - h.started > limit + OVERRUN_GRACE:
                 self._fail_overrun(h, limit, now)
                 return
-        if running and now - running[0][1].started > HOLD_BEHIND:
+        if len(running) >= self.capacity and all(now - h.started > HOLD_BEHIND for _, h in running):
             self._hand_back_behind(running[0][1])
         if now >= self._next_renew and held:
             self._renew([h for _, h in held if h.state != State.GIVEN_UP], now)

@@ -1,11 +1,13 @@
-"""The shared-memory slot of one worker: which run is in its handler, since when, and a stop flag.
+"""The shared memory of one worker: which runs are in their handlers, since when, and a stop flag.
 
-A worker writes the start (``time.monotonic``, which is system-wide on Linux) and the sequence
-number of the run in its handler before calling it, and negates the number once the handler
-returned; its parent reads them without a message per run, to enforce timeouts and to know which
-run a dead worker was in. The parent writes only the stop flag (hand back what has not started).
-Each writer assigns its own fields with one slice assignment: ``struct.pack_into`` zeroes its whole
-target before filling it, so a reader could see zeros. Standard library only.
+A worker that runs up to ``size`` runs at once has ``size`` run entries. Before a run enters its
+handler the worker writes its start (``time.monotonic``, which is system-wide on Linux) and its
+sequence number into a free entry, and negates the number once the handler returned; its parent
+reads them without a message per run, to enforce timeouts, to show what runs where, and to know
+which runs a dead worker had in progress (each is failed; what it held unstarted is handed back).
+The parent writes only the stop flag (hand back what has not started). Each writer assigns its own
+fields with one slice assignment: ``struct.pack_into`` zeroes its whole target before filling it,
+so a reader could see zeros. Standard library only.
 """
 
 from __future__ import annotations
@@ -13,44 +15,54 @@ from __future__ import annotations
 import mmap
 import struct
 
-_SLOT = struct.Struct("@dqq")
 _RUN = struct.Struct("@dq")
 _STOP = struct.Struct("@q")
 
 
 class Slot:
-    """Anonymous shared memory for one worker; create it before the fork."""
+    """Anonymous shared memory for one worker and ``size`` runs at once; create it before the
+    fork."""
 
-    __slots__ = ("_memory",)
+    __slots__ = ("_memory", "_runs", "size")
 
-    def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, _SLOT.size)
+    def __init__(self, size: int = 1) -> None:
+        self.size = size
+        self._runs = struct.Struct("@" + "dq" * size)
+        self._memory = mmap.mmap(-1, _STOP.size + self._runs.size)
 
-    def read(self) -> tuple[float, int, int]:
-        """(started, seq, stop) as last written; seq > 0 means that run is in its handler now.
+    def entries(self) -> list[tuple[float, int]]:
+        """Every run entry as last written: (started, seq); seq > 0 means that run is in its
+        handler now, -seq that it left it, 0 that the entry was never used.
 
-        The worker may be writing while the parent reads: two equal reads in a row are a value
-        that was really written, never a mix of an old and a new one.
+        The worker may be writing while the parent reads: two equal reads in a row are values
+        that were really written, never a mix of an old and a new one.
         """
-        value = _SLOT.unpack_from(self._memory, 0)
+        value = self._runs.unpack_from(self._memory, _STOP.size)
         while True:
-            again = _SLOT.unpack_from(self._memory, 0)
+            again = self._runs.unpack_from(self._memory, _STOP.size)
             if again == value:
-                return value
+                break
             value = again
+        return [(value[i], value[i + 1]) for i in range(0, len(value), 2)]
 
-    def set_run(self, started: float, seq: int) -> None:
-        """(worker) The run ``seq`` entered its handler at ``started``; ``-seq`` once it left."""
-        self._memory[: _RUN.size] = _RUN.pack(started, seq)
+    def running(self) -> list[tuple[float, int]]:
+        """(started, seq) of the runs in their handlers now."""
+        return [entry for entry in self.entries() if entry[1] > 0]
+
+    def set_run(self, index: int, started: float, seq: int) -> None:
+        """(worker) The run ``seq`` entered its handler at ``started``, in entry ``index``;
+        ``-seq`` once it left."""
+        offset = _STOP.size + _RUN.size * index
+        self._memory[offset : offset + _RUN.size] = _RUN.pack(started, seq)
 
     def set_stop(self) -> None:
         """(parent) Ask the worker to hand back the runs it has not started."""
-        self._memory[_RUN.size : _SLOT.size] = _STOP.pack(1)
+        self._memory[: _STOP.size] = _STOP.pack(1)
 
     @property
     def stopping(self) -> bool:
-        """True once the parent asked the worker to stop."""
-        return self.read()[2] != 0
+        """True once the parent asked the worker to stop (one aligned 8-byte read)."""
+        return _STOP.unpack_from(self._memory, 0)[0] != 0
 
     def close(self) -> None:
         """Release the memory (the parent, once the worker is gone)."""

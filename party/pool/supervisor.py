@@ -1,10 +1,12 @@
 """WorkerPool: long-lived worker processes forked after the handlers are imported, one pipe each.
 
 The pool owns the processes and the pipes to them: it forks ``size`` workers (``worker`` is the
-child's loop), enforces each handler's ``timeout`` by killing the worker, replaces a worker that
-dies and logs why (exit code or signal), restarting one that keeps dying young after a growing
-delay, and turns a run that died with its worker into a failed attempt (``queue.fail``, fenced by
-the lease) while handing back the runs that worker had not started. Forks happen only in
+child's loop), enforces each handler's ``timeout`` by killing a worker that runs one run at a
+time (a worker that runs several, ``concurrency`` > 1, ends its own overruns and is killed only
+as a backstop), replaces a worker that dies and logs why (exit code or signal), restarting one
+that keeps dying young after a growing delay, and turns each run that died with its worker into
+a failed attempt (``queue.fail``, fenced by the lease) while handing back the runs that worker
+had not started; the worker's ``Slot`` says which runs were in progress. Forks happen only in
 ``start`` and ``maintain``, from the main thread of a process that has no other threads (a fork
 from a threaded process can leave the child stuck on a lock another thread held). Its workers
 either claim their own tasks (the scheduler's pool, given a ``ClaimPolicy``: they tell the pool
@@ -33,10 +35,17 @@ from ..stores import open_store
 from ..timestamps import system_now
 from . import messages
 from .claiming import ClaimPolicy
-from .leases import LEASE_LOST_EXIT
+from .leases import LEASE_LOST_EXIT, OVERRUN_GRACE
 from .messages import RELEASED, Claimed, Push, Report
 from .slot import Slot
-from .worker import NO_STORE_EXIT, STOP_SIGNALS, child_main
+from .worker import (
+    HOOK_FAILED_EXIT,
+    NO_STORE_EXIT,
+    RETIRED_EXIT,
+    STOP_SIGNALS,
+    Worker,
+    child_main,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +60,12 @@ MAX_RESTART_DELAY = 30.0
 _EXIT_REASONS = {
     NO_STORE_EXIT: "could not open the store",
     LEASE_LOST_EXIT: "stopped: it could not keep the lease of its running task",
+    HOOK_FAILED_EXIT: "a worker start hook failed",
+    RETIRED_EXIT: "retired: a run in one of its threads overran its timeout",
 }
+#: Seconds past a handler's ``timeout`` before the pool kills a worker that runs several runs at
+#: once and did not end its overrun itself (its event loop is blocked, say).
+BACKSTOP_AFTER = 2 * OVERRUN_GRACE
 
 
 class PoolStopped(RuntimeError):
@@ -85,6 +99,7 @@ class _Child:
     slot: Slot
     born: float
     inflight: dict[int, Task | Claimed] = field(default_factory=dict)
+    exit_code: int | None = None
 
 
 class WorkerPool:
@@ -108,9 +123,21 @@ class WorkerPool:
         queue: TaskQueue | None = None,
         claim: ClaimPolicy | None = None,
         die_with_parent: bool = False,
+        concurrency: int = 1,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, got {size}")
+        if concurrency < 1:
+            raise ValueError(f"a worker runs at least one run at once, got {concurrency}")
+        if concurrency > 1 and claim is None:
+            raise ValueError("only workers that claim their own tasks run several at once")
+        self.concurrency = concurrency
+        self._factory: type[Worker] | None = None
+        if concurrency > 1:
+            # Imported here, before any fork, and only by pools that need it (asyncio is heavy).
+            from .concurrent import ConcurrentWorker
+
+            self._factory = ConcurrentWorker
         self.size = size
         self.store_url = store_url
         self.registry = registry
@@ -139,7 +166,7 @@ class WorkerPool:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("workers are forked only from the main thread")
         parent_conn, child_conn = Channel.pair()
-        slot = Slot()
+        slot = Slot(self.concurrency)
         name = f"{self.name}-{index}"
         # Blocked across the fork so that a Ctrl-C arriving now cannot kill the child before it
         # ignores the stop signals; the child unblocks them in child_main.
@@ -168,6 +195,8 @@ class WorkerPool:
                     name=name,
                     claim=self.claim,
                     die_with_parent=self.die_with_parent,
+                    concurrency=self.concurrency,
+                    factory=self._factory,
                 )
             except BaseException:
                 logger.exception("%s crashed", name)
@@ -219,19 +248,22 @@ class WorkerPool:
         return [t for c in self._children if c is not None for t in c.inflight.values()]
 
     def activity(self) -> list[dict[str, object]]:
-        """What each live worker runs now: its index and pid, and the task in its handler
-        (``_id``, ``party``, ``since`` as epoch seconds), or None for an idle worker."""
+        """What the live workers run now: one entry per run in a handler (the worker's index and
+        pid, and the task: ``_id``, ``party``, ``since`` as epoch seconds), and one with task None
+        per idle worker."""
         now, wall = time.monotonic(), time.time()
         workers: list[dict[str, object]] = []
         for child in self._children:
             if child is None:
                 continue
-            started, seq, _ = child.slot.read()
-            task = child.inflight.get(seq) if seq > 0 else None
-            running = None
-            if task is not None:
-                running = {"_id": task.id, "party": task.party, "since": wall - (now - started)}
-            workers.append({"worker": child.index, "pid": child.pid, "task": running})
+            runs = []
+            for started, seq in child.slot.running():
+                task = child.inflight.get(seq)
+                if task is not None:
+                    since = wall - (now - started)
+                    runs.append({"_id": task.id, "party": task.party, "since": since})
+            for running in runs or [None]:
+                workers.append({"worker": child.index, "pid": child.pid, "task": running})
         return workers
 
     def dispatch(self, task: Task, not_before: float | None = None) -> int:
@@ -306,31 +338,38 @@ class WorkerPool:
         for child in self._children:
             if child is None or not child.inflight:
                 continue
-            started, seq, _ = child.slot.read()
-            limit = self._timeout_of(child.inflight.get(seq))
-            if limit is not None:
-                soonest = min(soonest, started + limit - now)
+            for started, seq in child.slot.running():
+                limit = self._timeout_of(child.inflight.get(seq))
+                if limit is not None:
+                    soonest = min(soonest, started + limit - now)
         return soonest
 
     def _timeout_of(self, task: Task | Claimed | None) -> float | None:
+        """When the pool kills the worker running ``task`` (seconds after its start)."""
         if task is None:
             return None
         handler = self.registry.get(task.party)
-        return None if handler is None or handler.timeout is None else float(handler.timeout)
+        if handler is None or handler.timeout is None:
+            return None
+        return float(handler.timeout) + (BACKSTOP_AFTER if self.concurrency > 1 else 0.0)
 
     def _check_timeout(self, child: _Child) -> list[Finished]:
-        started, seq, _ = child.slot.read()
-        limit = self._timeout_of(child.inflight.get(seq))
-        if limit is None or time.monotonic() - started < limit:
-            return []
-        task = child.inflight[seq]
-        logger.warning(
-            "task %s (%s) attempt %d overran its timeout of %g s: killing %s-%d (pid %d)",
-            task.id, task.party, task.attempts, limit, self.name, child.index, child.pid,
-        )  # fmt: skip
-        _kill(child.pid)
-        reason = self._reap(child, block=True) or "killed"
-        return self._on_death(child, reason, timed_out=limit)
+        now = time.monotonic()
+        for started, seq in child.slot.running():
+            limit = self._timeout_of(child.inflight.get(seq))
+            if limit is None or now - started < limit:
+                continue
+            task = child.inflight[seq]
+            logger.warning(
+                "task %s (%s) attempt %d overran its timeout of %g s: killing %s-%d (pid %d)",
+                task.id, task.party, task.attempts, limit, self.name, child.index, child.pid,
+            )  # fmt: skip
+            _kill(child.pid)
+            reason = self._reap(child, block=True) or "killed"
+            handler = self.registry.get(task.party)
+            timeout = float(handler.timeout) if handler and handler.timeout else limit
+            return self._on_death(child, reason, timed_out=(seq, timeout))
+        return []
 
     def _reap(self, child: _Child, *, block: bool) -> str | None:
         """Why the worker ended (None if it still runs)."""
@@ -343,27 +382,33 @@ class WorkerPool:
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             return f"killed by signal {sig} ({signal.Signals(sig).name})"
-        code = os.waitstatus_to_exitcode(status)
+        code = child.exit_code = os.waitstatus_to_exitcode(status)
         why = _EXIT_REASONS.get(code)
         return f"exited with code {code}" + (f" ({why})" if why else "")
 
     def _on_death(
-        self, child: _Child, reason: str, *, timed_out: float | None = None
+        self, child: _Child, reason: str, *, timed_out: tuple[int, float] | None = None
     ) -> list[Finished]:
-        """Account for a dead worker's tasks and schedule its replacement (unless stopping)."""
+        """Account for a dead worker's tasks and schedule its replacement (unless stopping):
+        each run it had in progress is failed (one attempt), what it had not started is handed
+        back; ``timed_out`` is (seq, timeout) of the run it was killed for."""
         name = f"{self.name}-{child.index}"
         child.conn.close()
         self._children[child.index] = None
-        started, seq, _ = child.slot.read()
+        in_progress = child.slot.running()
         child.slot.close()
         tasks = dict(child.inflight)
-        running = tasks.pop(seq, None)
         finished: list[Finished] = []
-        if running is not None and not self._stopping:
+        for started, seq in in_progress:
+            running = tasks.pop(seq, None)
+            if running is None:
+                continue
+            if self._stopping:
+                tasks[seq] = running  # a worker that dies during a shutdown is a hand-back
+                continue
+            limit = timed_out[1] if timed_out is not None and timed_out[0] == seq else None
             finished.append(self._fail_run(running, seq, started, name, child.pid, reason,
-                                           timed_out))  # fmt: skip
-        elif running is not None:
-            tasks[seq] = running  # a worker that dies during a shutdown is a hand-back
+                                           limit))  # fmt: skip
         if tasks:
             finished.extend(self._hand_back(tasks))
         if self._stopping:
@@ -371,7 +416,11 @@ class WorkerPool:
             return finished
         # A worker that dies young (it cannot open its store, a start hook fails) is restarted
         # after a delay that doubles each time, so a broken start never spins the CPU.
-        young = time.monotonic() - child.born < STABLE_AFTER and timed_out is None
+        young = (
+            time.monotonic() - child.born < STABLE_AFTER
+            and timed_out is None
+            and child.exit_code != RETIRED_EXIT
+        )
         failures = self._failures[child.index] = self._failures[child.index] + 1 if young else 0
         delay = 0.0 if not failures else min(
             FIRST_RESTART_DELAY * 2 ** (failures - 1), MAX_RESTART_DELAY
@@ -504,10 +553,11 @@ def _finished(task: Task | Claimed, report: Report) -> Finished:
 
 
 def _held(child: _Child) -> int:
-    # Sequence numbers rise in the order a worker runs its tasks; the slot holds the current one.
-    _, current, _ = child.slot.read()
-    unstarted = sum(1 for seq in child.inflight if seq > abs(current))
-    return unstarted + (1 if current > 0 and current in child.inflight else 0)
+    # Sequence numbers rise in the order a worker starts its runs; the slot holds the latest.
+    entries = child.slot.entries()
+    latest = max(abs(seq) for _, seq in entries)
+    unstarted = sum(1 for seq in child.inflight if seq > latest)
+    return unstarted + sum(1 for _, seq in entries if seq > 0 and seq in child.inflight)
 
 
 def _kill(pid: int) -> None:

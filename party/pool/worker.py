@@ -14,9 +14,12 @@ Where the tasks come from depends on the pool:
 Outcomes are recorded by the worker through its own ``TaskQueue``, fenced by each run's lease,
 in batches that close when they are half of what the worker holds or ``FLUSH_AFTER`` after their
 first run ended (the commit window), then reported to the parent (``Report``). Before each run the
-worker writes its sequence number and start into the shared ``Slot``. Imports ``runner``,
-``queue``, ``stores``, ``registry``, ``channel``, ``model``, ``errors``, ``timestamps`` and the
-package's ``slot``, ``messages``, ``leases`` and ``claiming``; never the scheduler or the server.
+worker writes its sequence number and start into the shared ``Slot``. This is the worker that runs
+one run at a time (``--concurrency 1``); ``concurrent.ConcurrentWorker`` runs several. A worker
+calls the registry's start hooks before its first run and its stop hooks when it stops normally.
+Imports ``runner``, ``queue``, ``stores``, ``registry``, ``channel``, ``model``, ``errors``,
+``timestamps`` and the package's ``slot``, ``messages``, ``leases`` and ``claiming``; never the
+scheduler or the server.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from ..errors import StoreUnavailable
 from ..model import Outcome, Status, Task
 from ..queue import TaskQueue
 from ..registry import Registry
-from ..runner import run_task
+from ..runner import run_hooks, run_task
 from ..stores import open_store
 from ..stores.base import Store
 from ..stores.wakeup import Listener
@@ -58,6 +61,11 @@ TIMER_SLACK = 0.002
 MAX_BACKOFF = 5.0
 #: Exit code of a worker that could not open its store.
 NO_STORE_EXIT = 3
+#: Exit code of a worker that ended after a run in one of its threads overran its timeout (the
+#: thread cannot be stopped): its other runs ended first; the pool replaces it at once.
+RETIRED_EXIT = 5
+#: Exit code of a worker whose ``on_worker_start`` hook raised.
+HOOK_FAILED_EXIT = 6
 
 _Pending = tuple[int, Task, "float | None"]
 
@@ -75,8 +83,10 @@ class Worker:
         lease_seconds: float,
         name: str,
         claim: ClaimPolicy | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.conn = conn
+        self.concurrency = concurrency
         self.slot = slot
         self.registry = registry
         self.name = name
@@ -91,6 +101,7 @@ class Worker:
             registry,
             lease_seconds,
             name=name,
+            capacity=concurrency,
         )
         self.pending: deque[_Pending] = deque()
         self.done: list[tuple[int, Outcome, float]] = []
@@ -99,20 +110,30 @@ class Worker:
         self._poller = select.poll()  # one poller for the life of the worker, not one per task
         self._poller.register(conn.fileno(), select.POLLIN)
         self.claim = claim
-        self.prefetch = Prefetch(claim) if claim is not None else None
+        self.prefetch = Prefetch(claim, concurrency) if claim is not None else None
         self._seq = 0
         self._backoff = 0.0
+        self._retry_at = 0.0  # a worker that must not sleep retries a claim only after this
+        self.last_got = 0  # tasks the last claim returned
 
     def serve(self) -> int:
         """Run tasks until the parent closes the pipe or exits; return the exit code."""
         self.leases.start()
         try:
-            if self.claim is not None:
-                return self._serve_claiming(self.claim)
-            return self._serve_pushed()
+            return self._serve()
         finally:
             self._leave()
             self.leases.close()
+
+    def _serve(self) -> int:
+        if self.claim is not None:
+            return self._serve_claiming(self.claim)
+        return self._serve_pushed()
+
+    def running_count(self) -> int:
+        """Runs in their handlers now (this worker calls its handlers inline: none between
+        two steps of its loop)."""
+        return 0
 
     # -- the two loops -------------------------------------------------------------------------
 
@@ -161,10 +182,13 @@ class Worker:
 
     # -- claiming ------------------------------------------------------------------------------
 
-    def _claim(self) -> bool:
-        """Claim up to the room left in this worker's depth; False when the parent is gone."""
+    def _claim(self, *, may_sleep: bool = True) -> bool:
+        """Claim up to the room left in this worker's depth; False when the parent is gone. A
+        store that does not answer is tried again after a growing pause: slept here, or (without
+        ``may_sleep``) noted in ``_retry_at`` for the caller's loop."""
         assert self.prefetch is not None
-        room = self.prefetch.room(len(self.pending))
+        self.last_got = 0
+        room = self.prefetch.room(len(self.pending) + self.running_count())
         if room <= 0:
             return True
         # What ran is recorded before more is taken; its reports go with the claim's, in one
@@ -180,6 +204,9 @@ class Worker:
             self._backoff = min(max(self._backoff * 2, 0.1), MAX_BACKOFF)
             logger.warning("%s: store unavailable, retrying in %.1f s: %s", self.name,
                            self._backoff, exc)  # fmt: skip
+            if not may_sleep:
+                self._retry_at = time.monotonic() + self._backoff
+                return True
             time.sleep(self._backoff)
             return os.getppid() == self.parent
         if self._backoff:
@@ -197,6 +224,7 @@ class Worker:
         if wires and not self._send(wires):
             return False
         self.prefetch.claimed(len(tasks), room)
+        self.last_got = len(tasks)
         return True
 
     def _idle(self, policy: ClaimPolicy, listener: Listener | None, stopping: bool) -> bool:
@@ -264,12 +292,12 @@ class Worker:
             self.notes.append(messages.report(seq, status, 0.0, None))
             return False
         started = time.monotonic()
-        self.slot.set_run(started, seq)
+        self.slot.set_run(0, started, seq)
         if logger.isEnabledFor(logging.INFO):
             logger.info("task %s (%s) attempt %d started", task.id, task.party, task.attempts)
         outcome = run_task(task, self.registry)
         duration = time.monotonic() - started
-        self.slot.set_run(started, -seq)
+        self.slot.set_run(0, started, -seq)
         self.leases.end(seq)
         if not self.done:
             self.first_done = time.monotonic()
@@ -424,12 +452,15 @@ def child_main(
     name: str,
     claim: ClaimPolicy | None = None,
     die_with_parent: bool = False,
+    concurrency: int = 1,
+    factory: type[Worker] | None = None,
 ) -> int:
-    """Entry of a freshly forked worker: ignore stop signals, open the store, serve.
+    """Entry of a freshly forked worker: ignore stop signals, open the store, call the start
+    hooks, serve, call the stop hooks. ``factory`` is the worker class (``Worker`` by default).
 
     With ``die_with_parent`` the worker is killed outright when its parent ends (the force-run
-    workers, whose leases their parent's owner holds); otherwise it finishes the run in progress,
-    records it and leaves.
+    workers, whose leases their parent's owner holds); otherwise it finishes the runs in
+    progress, records them and leaves.
     """
     # Workers stay in the scheduler's process group (Ctrl-C and `kill -- -PGID` reach them) but
     # the scheduler alone decides: it drains, hands back and stops them.
@@ -439,10 +470,21 @@ def child_main(
     if die_with_parent and (not owner.die_with_parent(signal.SIGKILL) or os.getppid() == 1):
         return 1
     try:
-        worker = Worker(
-            conn, slot, store_url, registry, lease_seconds=lease_seconds, name=name, claim=claim
-        )
+        worker = (factory or Worker)(
+            conn, slot, store_url, registry, lease_seconds=lease_seconds, name=name, claim=claim,
+            concurrency=concurrency,
+        )  # fmt: skip
     except StoreUnavailable as exc:
         logger.error("%s cannot open its store: %s", name, exc)
         return NO_STORE_EXIT
-    return worker.serve()
+    try:
+        run_hooks(registry.start_hooks)
+    except Exception:
+        logger.exception("%s: an on_worker_start hook failed; this worker stops", name)
+        return HOOK_FAILED_EXIT
+    code = worker.serve()
+    try:
+        run_hooks(registry.stop_hooks)
+    except Exception:
+        logger.exception("%s: an on_worker_stop hook failed", name)
+    return code

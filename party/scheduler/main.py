@@ -31,7 +31,9 @@ from .schedules import Schedules
 
 logger = logging.getLogger(SCHEDULER)
 
-SETTINGS = ("store", "tasks", "workers", "poll_interval", "lease", "grace", "log_level")
+SETTINGS = (
+    "store", "tasks", "workers", "concurrency", "poll_interval", "lease", "grace", "log_level",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         registry,
         lease_seconds=settings.lease,
         claim=ClaimPolicy(poll_interval=settings.poll_interval),
+        concurrency=settings.concurrency,
     )
     pool.start()
     try:
@@ -89,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
     started = system_now()
-    heartbeat = Heartbeat(store, workers=settings.workers, handlers=registry.names, started=started)
+    heartbeat = Heartbeat(
+        store,
+        workers=settings.workers,
+        concurrency=settings.concurrency,
+        handlers=registry.names,
+        started=started,
+    )
     try:
         store.forget_schedulers(started - FORGET_AFTER)
     except StoreUnavailable as exc:
@@ -115,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     logger.info(
-        "scheduler started: %d workers, store %s, lease %g s, poll %g s, grace %g s",
-        settings.workers, redact(settings.store), settings.lease, settings.poll_interval,
-        settings.grace,
+        "scheduler started: %d workers x %d runs at once, store %s, lease %g s, poll %g s, "
+        "grace %g s",
+        settings.workers, settings.concurrency, redact(settings.store), settings.lease,
+        settings.poll_interval, settings.grace,
     )  # fmt: skip
     try:
         return scheduler.run()
