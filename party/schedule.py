@@ -14,6 +14,7 @@ Imports nothing of Party above ``timestamps``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -176,6 +177,18 @@ class Declaration:
         """The declaration of a heartbeat record's entry (``record``'s inverse)."""
         tz = record.get("timezone") or DEFAULT_TIMEZONE
         return cls(record.get("schedule"), record.get("every"), tz, record.get("data") or {})
+
+
+def latest(records: Iterable[Mapping[str, Any]]) -> dict[str, Declaration]:
+    """Each handler's declaration among schedulers' heartbeat records (their ``schedules``): the
+    record started last wins (ties by id), as the ensure pass decides a rolling deploy."""
+    chosen: dict[str, tuple[tuple[str, str], Declaration]] = {}
+    for record in records:
+        order = (str(record.get("started") or ""), str(record.get("id") or ""))
+        for party, entry in (record.get("schedules") or {}).items():
+            if party not in chosen or chosen[party][0] < order:
+                chosen[party] = (order, Declaration.from_record(entry))
+    return {party: decl for party, (_, decl) in chosen.items()}
 
 
 def declare(
