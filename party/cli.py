@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     lister.add_argument("--after", help="the cursor printed after a full page")
     commands.add_parser("stats", parents=[client], help="counts per status and handler")
     commands.add_parser("health", parents=[client], help="check that the server and store answer")
+    check = commands.add_parser(
+        "check", help="check the configured store before going live (no server needed)"
+    )
+    from .check import add_arguments
+
+    add_arguments(check)
     return parser
 
 
@@ -90,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("serve", "up"):
             return _run_server(args)
+        if args.command == "check":
+            from .check import run
+
+            return run(args)
         return _run_client(args)
     except ConfigError as exc:
         print(f"party: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ LAYERS = {
     # settings as they do, and as their peer it may not import either (no tornado, no validation
     # of the server's own: the rules it shares with POST /tasks live in queue and admission).
     "server": 6, "scheduler": 6, "local": 6,
-    "cli": 7, "__main__": 7, "up": 7,
+    "cli": 7, "__main__": 7, "up": 7, "check": 7,
 }  # fmt: skip
 SERVICES = 6
 ENTRY_POINTS = 7
@@ -37,8 +37,9 @@ FREE = {"config", "log", "client", "tasks", "__init__"}
 
 HOMES = {
     "tornado": ("server/", "cli.py"),
-    "pymongo": ("stores/mongo.py",),
-    "bson": ("stores/mongo.py", "model.py", "stores/sqlite.py"),
+    # The Mongo store's modules: stores/mongo.py and its stores/mongo_*.py helpers.
+    "pymongo": ("stores/mongo",),
+    "bson": ("stores/mongo", "model.py", "stores/sqlite.py"),
     "multiprocessing": ("pool/",),
     "cronsim": ("schedule.py",),
     "signal": ("server/listen.py", "scheduler/main.py", "cli.py", "up.py", "pool/"),

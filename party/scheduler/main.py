@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         pool.kill()
         return 2
+    store.relay_wakeups()  # one change stream for all the workers (closed with the store)
     queue = TaskQueue(store, registry, lease_seconds=settings.lease)
     pool.attach_queue(queue)
     wake_read, wake_write = os.pipe()

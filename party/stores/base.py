@@ -10,8 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import Conflict
 from ..model import ALL_STATUSES, Status, Task, Write
@@ -19,6 +20,22 @@ from .wakeup import Listener
 
 #: Paging cursor: the queue-order key of the last task of the previous page.
 OrderKey = tuple[datetime, int, datetime, str]
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass
+class Finding:
+    """One line of ``party check``: what was looked at and what was found; ``problem`` (with its
+    fix) when it must be fixed before going live (``party check`` then exits non-zero),
+    ``warning`` when it works but is not what production wants."""
+
+    name: str
+    value: str
+    problem: str | None = None
+    warning: str | None = None
 
 
 class Store(ABC):
@@ -146,6 +163,20 @@ class Store(ABC):
         queued (added, re-queued, retried or handed back) by any process; None when this store
         has no channel (then polling alone finds new tasks)."""
         return None
+
+    def relay_wakeups(self) -> Closeable | None:
+        """Called once by a scheduler's main process: start whatever brings wake-ups from other
+        machines to this machine's listeners (MongoDB: one change stream per scheduler, fanned
+        out to its workers through the local channel), and return it to be closed, or None when
+        this store has nothing of the kind. ``close()`` of the store stops it too."""
+        return None
+
+    def describe(self) -> list[Finding]:
+        """What an operator checks before going live (``party check``): one ``Finding`` per
+        aspect of the deployment (version, topology, indexes, durability, round trips), those
+        that need fixing with ``problem`` set. Raises ``StoreUnavailable`` when the store does
+        not answer."""
+        return []
 
     def notify(self) -> None:  # noqa: B027 - optional hook
         """Wake the listeners after a task was queued. Stores call it themselves after such a

@@ -1,187 +1,145 @@
 """MongoStore: the production store, one ``tasks`` collection shared by many servers and schedulers.
 
-Every claim and every fenced write is an atomic single-document update (or a filtered
-``update_many`` whose winners are read back by their claim token); writes are acknowledged by the
-majority. BSON keeps milliseconds, so ``timestamp`` and ``run_at`` are rounded *up* (no task starts
-before its time) and other times are truncated, and what is returned is what is stored. This is the
-only module that imports pymongo. ``bulk_write`` is avoided: mongomock mishandles ``UpdateOne``
-under current pymongo.
+Every claim and every fenced write is an atomic single-document update, so a failover can cut a
+call short but never leave half of one document written; writes are acknowledged by the majority
+and reads go to the primary. Around that:
+
+- A batch is added in one transaction where the deployment has them (a replica set); elsewhere
+  its documents go in as ``adding`` (matched by no claim, read or count) and become ``queued``
+  with one ``update_many``: a failure before that leaves nothing visible, and what went in is
+  removed (a failure inside that last update can still leave part of a batch: full atomicity
+  needs a replica set, see docs/mongodb.md).
+- A claim takes one task per ``find_one_and_update`` (retryable, and no read-back): claimers never
+  lose a race to the same tasks, and after an error the tasks claimed under the call's token but
+  never returned are handed back at once, their attempt given back.
+- A fenced write that does not match is checked against the document: if it already holds the
+  write (an earlier try landed before the connection dropped), it counts as applied.
+- A write whose values BSON cannot hold (a result that makes the document pass 16 MiB) fails its
+  task instead, once, and the other writes of the batch go on.
+- One change stream per scheduler (``relay_wakeups``), fanned out to its workers through the local
+  wake-up channel.
+
+This module and ``mongo_client`` are the only ones that import pymongo. ``bulk_write`` is avoided:
+mongomock mishandles ``UpdateOne`` under current pymongo.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import socket
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import unquote_plus
 
 import pymongo
-from bson import ObjectId
-from pymongo import ASCENDING, MongoClient, ReturnDocument, WriteConcern
+from bson import ObjectId, encode
+from pymongo import MongoClient, ReadPreference, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import (
     BulkWriteError,
     ConfigurationError,
-    ConnectionFailure,
     DuplicateKeyError,
     InvalidURI,
     OperationFailure,
     PyMongoError,
 )
 
-from ..errors import ConfigError, StoreUnavailable
-from ..model import TASK_FIELDS, FieldSpec, Kind, Status, Task, Write
-from ..timestamps import round_up_to_millis
+from ..errors import ConfigError, StoreUnavailable, ValidationError
+from ..model import Status, Task, Write
+from ..timestamps import format_timestamp, system_now
 from .base import (
+    Finding,
     OrderKey,
     Store,
     assemble_stats,
     check_batch_singletons,
     singleton_conflict,
 )
+from .mongo_client import (
+    INDEXES,
+    client_options_for,
+    guard,
+    index_problems,
+    is_unavailable,
+    remember_secret,
+    scrub,
+    shown,
+    write_concern_for,
+)
+from .mongo_codec import (
+    ADDING,
+    ORDER,
+    UNCLAIM,
+    VISIBLE,
+    claim_update,
+    doc_to_task,
+    due,
+    landed,
+    task_to_doc,
+    truncate_to_millis,
+    write_filter,
+    write_update,
+)
+from .relay import ChangeRelay
 from .wakeup import Listener, Notifier, channel_dir, listener_or_none
+
+# Names older callers and tests import from here.
+__all__ = ["MongoStore", "client_options_for", "write_concern_for"]
 
 logger = logging.getLogger(__name__)
 
-ORDER = [
-    ("timestamp", ASCENDING),
-    ("attempts", ASCENDING),
-    ("created", ASCENDING),
-    ("_id", ASCENDING),
-]
-_CLAIM_RETRIES = 3
-#: Client options Party sets unless the URL (or the caller) sets them. Naive datetimes (UTC) are
-#: what the rest of Party handles, so ``tz_aware`` is not one a URL can change.
-DEFAULTS: dict[str, Any] = {"serverSelectionTimeoutMS": 5000}
 #: Seconds ``check_writable`` gives its write, server selection included.
 WRITABLE_WAIT = 1.0
+#: Largest BSON document MongoDB stores.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+#: Documents of a batch left ``adding`` this long ago (their adder died between its two writes)
+#: are removed by ``maintain``.
+STALE_ADDING = timedelta(minutes=10)
+
+# Inserts of queued tasks, and updates that make a task queued (the second write of an add, a
+# retry, a recurring re-queue, a hand-back).
+_QUEUED_CHANGES = [
+    {
+        "$match": {
+            "$or": [
+                {"operationType": "insert", "fullDocument.status": "queued"},
+                {"updateDescription.updatedFields.status": "queued"},
+            ]
+        }
+    },
+    {"$project": {"_id": 1}},
+]
 
 
-def client_options_for(url: str, **given: Any) -> dict[str, Any]:
-    """The keyword options ``MongoClient(url, ...)`` gets: ``given``, then ``DEFAULTS``, leaving
-    out any option the URL sets itself (pymongo lets a keyword override the URL)."""
-    query = url.partition("?")[2]
-    in_url = {part.split("=", 1)[0].lower() for part in re.split("[&;]", query) if part}
-    options = {name: value for name, value in given.items() if name.lower() not in in_url}
-    for name, value in DEFAULTS.items():
-        if name.lower() not in in_url:
-            options.setdefault(name, value)
-    options["tz_aware"] = False
-    return options
+# mongomock:// clients by host: every store of a process opened on one URL sees the same data.
+_MOCK_CLIENTS: dict[str, Any] = {}
 
 
-def write_concern_for(document: dict[str, Any]) -> WriteConcern:
-    """The write concern of the tasks: the URL's (``document``), majority unless it names one."""
-    return WriteConcern(
-        w=document.get("w", "majority"), wtimeout=document.get("wtimeout"), j=document.get("j")
+def connect(url: str, collection: str = "tasks", **client_options: Any) -> tuple[Any, Collection]:
+    """The client and the tasks collection of ``url``, without a round trip to the server: the
+    URL's write concern (majority unless it names one), and reads from the primary whatever it
+    says (a claim read from a secondary could miss what the claim just won, a read after an add
+    could miss the add). ``mongomock://host/db`` gives a mongomock one (for tests and
+    ``party check``'s own tests)."""
+    remember_secret(url)
+    if url.startswith("mongomock://"):
+        import mongomock  # a test dependency
+
+        host, _, rest = url.removeprefix("mongomock://").partition("/")
+        client: Any = _MOCK_CLIENTS.setdefault(host, mongomock.MongoClient())
+        name = rest.partition("?")[0] or "party"
+        majority = write_concern_for({})
+        return client, client.get_database(name).get_collection(collection, write_concern=majority)
+    options = client_options_for(url, **client_options)
+    try:
+        client = MongoClient(url, **options)
+        database = client.get_default_database()
+    except (ConfigurationError, InvalidURI, ValueError) as exc:
+        raise ConfigError(f"store URL is not usable: {scrub(str(exc))}") from None
+    concern = write_concern_for(client.write_concern.document)
+    tasks = database.get_collection(
+        collection, write_concern=concern, read_preference=ReadPreference.PRIMARY
     )
-
-
-# Passwords of the URLs this process opened: never shown in an error or a log line. This module
-# may not import ``log`` (a lower layer), so it hides the secrets themselves, wherever they occur.
-_SECRETS: set[str] = set()
-
-
-def _remember_secret(url: str) -> None:
-    userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
-    password = userinfo.partition(":")[2]
-    if password:
-        _SECRETS.update({password, unquote_plus(password)})
-
-
-def _scrub(text: str) -> str:
-    for secret in _SECRETS:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _truncate_to_millis(value: datetime) -> datetime:
-    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
-
-
-def _normalizer(spec: FieldSpec) -> Callable[[Any], Any] | None:
-    """How a value of ``spec`` becomes what BSON keeps (None: as it is). Times keep milliseconds:
-    a time the task must not start before is rounded up, any other truncated."""
-    if spec.kind == Kind.TIME:
-        return round_up_to_millis if spec.not_before else _truncate_to_millis
-    if spec.kind == Kind.STATUS:
-        return str
-    return None
-
-
-_NORMALIZERS = {spec.name: _normalizer(spec) for spec in TASK_FIELDS}
-# The fields of a document besides its ``_id``, each with its normalizer.
-_DOC_FIELDS = [(spec.name, _NORMALIZERS[spec.name]) for spec in TASK_FIELDS if spec.kind != Kind.ID]
-
-
-def _normalize(name: str, value: Any) -> Any:
-    normalize = _NORMALIZERS.get(name)
-    return value if normalize is None or value is None else normalize(value)
-
-
-def _task_to_doc(task: Task) -> dict[str, Any]:
-    """The document of ``task``; a field holding None is left out (so a partial index skips it)."""
-    doc: dict[str, Any] = {"_id": ObjectId(task.id)}
-    for name, normalize in _DOC_FIELDS:
-        value = getattr(task, name)
-        if value is not None:
-            doc[name] = value if normalize is None else normalize(value)
-    return doc
-
-
-def _decoder(spec: FieldSpec) -> Callable[[dict[str, Any]], Any]:
-    """Read ``spec`` from a document; a field the document lacks (one left out for holding None,
-    or declared after the document was written) reads its default."""
-    name = spec.name
-    if spec.kind == Kind.ID:
-        return lambda doc: str(doc["_id"])
-    if spec.kind == Kind.STATUS:
-        return lambda doc: Status(doc[name])
-    if spec.kind == Kind.BOOL:
-        default = bool(spec.default) if not spec.required else False
-        return lambda doc: bool(doc.get(name, default))
-    if spec.required:
-        if spec.kind == Kind.JSON:  # an empty object is read back as one, whatever was kept
-            return lambda doc: doc.get(name) or {}
-        return lambda doc: doc[name]
-    default = spec.default
-    return lambda doc: doc.get(name, default)
-
-
-_DECODERS = [_decoder(spec) for spec in TASK_FIELDS]
-
-
-def _doc_to_task(doc: dict[str, Any]) -> Task:
-    return Task(*[decode(doc) for decode in _DECODERS])
-
-
-def _filter(write: Write) -> dict[str, Any]:
-    query: dict[str, Any] = {"_id": ObjectId(write.task_id)}
-    if write.lease is not None:
-        query["lease"] = write.lease
-    if write.statuses is not None:
-        query["status"] = {"$in": [str(s) for s in write.statuses]}
-    return query
-
-
-def _update(write: Write) -> dict[str, Any]:
-    sets = {k: _normalize(k, v) for k, v in write.fields.items() if v is not None}
-    unsets = {k: "" for k, v in write.fields.items() if v is None}
-    update: dict[str, Any] = {}
-    if sets:
-        update["$set"] = sets
-    if unsets:
-        update["$unset"] = unsets
-    return update
-
-
-def _due(now: datetime) -> dict[str, Any]:
-    return {"status": "queued", "timestamp": {"$lte": now}, "run_at": {"$lte": now}}
+    return client, tasks
 
 
 class MongoStore(Store):
@@ -190,85 +148,192 @@ class MongoStore(Store):
 
     precision_micros = 1000
 
-    def __init__(self, collection: Collection, *, client: Any = None) -> None:
+    def __init__(self, collection: Collection, *, client: Any = None, prepare: bool = True) -> None:
+        """``prepare=False`` skips ``ensure_indexes`` (``party check`` reports, never creates)."""
         self._tasks = collection
         self._client = client
         self._wake_dir = channel_dir("mongodb:" + collection.full_name)
         self._notifier: Notifier | None = None
-        self.ensure_indexes()
+        self._relay: ChangeRelay | None = None
+        self._transactions: bool | None = None
+        if prepare:
+            self.ensure_indexes()
 
     @classmethod
-    def from_url(cls, url: str, *, collection: str = "tasks", **client_options: Any) -> MongoStore:
+    def from_url(
+        cls, url: str, *, collection: str = "tasks", prepare: bool = True, **client_options: Any
+    ) -> MongoStore:
         """Connect to ``mongodb://host:port/dbname`` (the database name is required).
 
         Options in the URL win over Party's defaults (``client_options``, then ``DEFAULTS``), the
-        write concern included; ``ConfigError`` says what is wrong with a URL, without its password.
+        write concern included; ``ConfigError`` says what is wrong with a URL, without its
+        password, or names a conflicting index.
         """
-        _remember_secret(url)
-        options = client_options_for(url, **client_options)
+        client, tasks = connect(url, collection, **client_options)
         try:
-            client: MongoClient[dict[str, Any]] = MongoClient(url, **options)
-            database = client.get_default_database()
-        except (ConfigurationError, InvalidURI, ValueError) as exc:
-            raise ConfigError(f"store URL is not usable: {_scrub(str(exc))}") from None
-        concern = write_concern_for(client.write_concern.document)
-        tasks = database.get_collection(collection, write_concern=concern)
-        try:
-            return cls(tasks, client=client)
+            return cls(tasks, client=client, prepare=prepare)
         except BaseException:
             client.close()
             raise
 
     def __repr__(self) -> str:
-        return f"MongoStore({_scrub(self._tasks.full_name)!r})"
+        return f"MongoStore({scrub(self._tasks.full_name)!r})"
+
+    # -- set-up ----------------------------------------------------------------------------------
 
     def ensure_indexes(self) -> None:
-        """Create the indexes the queries rely on (idempotent)."""
-        with _guard():
-            self._tasks.create_index([("status", ASCENDING), *ORDER], name="tasks_order")
-            self._tasks.create_index(
-                [("run_at", ASCENDING)],
-                name="tasks_run_at",
-                partialFilterExpression={"status": "queued"},
+        """Create the missing indexes of ``INDEXES``, after one look at those present: a process
+        whose indexes are in place writes nothing. ``ConfigError`` names an index that clashes
+        with Party's (same keys, other name; same name, other options) and how to fix it."""
+        with guard():
+            present = self._tasks.index_information()
+        missing, problems = index_problems(present)
+        if problems:
+            raise ConfigError(f"MongoDB collection {self}: " + "; ".join(problems))
+        for name in missing:
+            keys, options = INDEXES[name]
+            try:
+                with guard():
+                    self._tasks.create_index(keys, name=name, **options)
+            except OperationFailure as exc:  # 85/86: another process made a different one
+                raise ConfigError(
+                    f"MongoDB collection {self}: cannot create index {name!r}: "
+                    f"{scrub(str(exc))}; run `party check` to see the indexes"
+                ) from None
+
+    def _use_transactions(self) -> bool:
+        """True when the deployment runs multi-document transactions (a replica set or a
+        sharded cluster), as far as the client has seen it."""
+        if self._transactions is None:
+            kind = getattr(
+                getattr(self._client, "topology_description", None), "topology_type_name", ""
             )
-            self._tasks.create_index(
-                [("lease_expires", ASCENDING)],
-                name="tasks_lease",
-                partialFilterExpression={"status": "running"},
-            )
-            self._tasks.create_index(
-                [("singleton", ASCENDING)],
-                name="tasks_singleton",
-                unique=True,
-                partialFilterExpression={"singleton": {"$exists": True}},
-            )
+            self._transactions = kind in ("ReplicaSetWithPrimary", "Sharded")
+        return self._transactions
+
+    # -- adding ----------------------------------------------------------------------------------
 
     def insert_many(self, tasks: Sequence[Task]) -> list[Task]:
         check_batch_singletons(tasks)
         if not tasks:
             return []
-        docs = [_task_to_doc(task) for task in tasks]
-        with _guard():
-            try:
-                self._tasks.insert_many(docs, ordered=True)
-            except BulkWriteError as exc:
-                # An ordered insert stops at the first error: undo what went in before it, so the
-                # batch stays all or nothing for every reader that does not look in between.
-                inserted = exc.details.get("nInserted", 0)
-                if inserted:
-                    self._tasks.delete_many({"_id": {"$in": [d["_id"] for d in docs[:inserted]]}})
-                errors = exc.details.get("writeErrors") or [{}]
-                if errors[0].get("code") == 11000:
-                    index = errors[0].get("index", inserted)
-                    raise singleton_conflict(tasks[index], index) from None
-                raise
+        docs = [task_to_doc(task) for task in tasks]
+        try:
+            if self._use_transactions():
+                self._insert_in_transaction(docs)
+            else:
+                self._insert_hidden(docs)
+        except BulkWriteError as exc:
+            raise self._insert_error(exc, tasks) from None
+        except DuplicateKeyError as exc:
+            raise self._duplicate(exc.details or {}, tasks, 0) from None
+        except ValidationError as exc:
+            raise self._unstorable(docs, exc) from None
         self.notify()
-        return [_doc_to_task(doc) for doc in docs]
+        return [doc_to_task(doc) for doc in docs]
+
+    def _insert_in_transaction(self, docs: list[dict[str, Any]]) -> None:
+        with guard(), self._client.start_session() as session:
+            with session.start_transaction():
+                self._tasks.insert_many(docs, ordered=True, session=session)
+
+    def _insert_hidden(self, docs: list[dict[str, Any]]) -> None:
+        """Insert ``docs`` as ``adding``, then give each its status with one update per status
+        (one in practice); on any failure remove what went in and is not claimed."""
+        statuses: dict[str, list[ObjectId]] = {}
+        for doc in docs:
+            statuses.setdefault(doc["status"], []).append(doc["_id"])
+            doc["status"] = ADDING
+        ids = [doc["_id"] for doc in docs]
+        try:
+            with guard():
+                self._tasks.insert_many(docs, ordered=True)
+                for status, chosen in statuses.items():
+                    self._tasks.update_many(
+                        {"_id": {"$in": chosen}, "status": ADDING}, {"$set": {"status": status}}
+                    )
+        except BaseException:
+            self._discard(ids)
+            raise
+        finally:
+            for status, chosen in statuses.items():
+                wanted = set(chosen)
+                for doc in docs:
+                    if doc["_id"] in wanted:
+                        doc["status"] = status
+
+    def _discard(self, ids: list[ObjectId]) -> None:
+        """Remove the documents of a failed add that no worker claimed (best effort)."""
+        try:
+            with guard():
+                self._tasks.delete_many(
+                    {"_id": {"$in": ids}, "status": {"$in": [ADDING, "queued"]}, "attempts": 0}
+                )
+        except (StoreUnavailable, PyMongoError) as exc:
+            logger.warning(
+                "MongoDB: %d tasks of a failed add could not be removed (%s); those still "
+                "'adding' stay invisible and are removed later",
+                len(ids),
+                scrub(str(exc)),
+            )
+
+    def _insert_error(self, exc: BulkWriteError, tasks: Sequence[Task]) -> Exception:
+        errors = exc.details.get("writeErrors") or [{}]
+        first = errors[0]
+        if first.get("code") == 11000:
+            return self._duplicate(first, tasks, first.get("index", 0))
+        if is_unavailable(exc):
+            return StoreUnavailable(f"MongoDB cannot serve now: {scrub(str(exc))}")
+        return StoreUnavailable(f"MongoDB refused the add: {scrub(str(exc))}")
+
+    def _duplicate(self, error: dict[str, Any], tasks: Sequence[Task], index: int) -> Exception:
+        """A duplicate key is a singleton conflict only when it is the singleton's index."""
+        pattern = error.get("keyPattern") or {}
+        message = str(error.get("errmsg", ""))
+        if "singleton" in pattern or (not pattern and self._singleton_held(tasks[index])):
+            return singleton_conflict(tasks[index], index)
+        return StoreUnavailable(
+            f"MongoDB: task id {tasks[index].id} of the batch is already stored (key "
+            f"{pattern or message!r}); nothing was added, retry the request"
+        )
+
+    def _singleton_held(self, task: Task) -> bool:
+        """Whether another stored task holds ``task``'s singleton key (for servers, and mongomock,
+        whose duplicate-key errors do not say which index)."""
+        if task.singleton is None:
+            return False
+        try:
+            with guard():
+                other = self._tasks.find_one(
+                    {"singleton": task.singleton, "_id": {"$ne": ObjectId(task.id)}}, {"_id": 1}
+                )
+        except StoreUnavailable:
+            return True  # the common case, by far
+        return other is not None
+
+    def _unstorable(self, docs: list[dict[str, Any]], exc: ValidationError) -> ValidationError:
+        """Name the first document BSON cannot hold (an integer past 64 bits, a key with NUL, more
+        than 16 MiB), with its index; the caller's own checks normally catch these first."""
+        for index, doc in enumerate(docs):
+            try:
+                size = len(encode(doc))
+            except Exception as error:  # noqa: BLE001 - any encoding error names the culprit
+                return ValidationError(
+                    f"item {index}: the task cannot be stored in MongoDB: {error}", index=index
+                )
+            if size > MAX_DOCUMENT_BYTES:
+                return ValidationError(
+                    f"item {index}: the task is {size} bytes of BSON, over MongoDB's 16 MiB",
+                    index=index,
+                )
+        return exc
+
+    # -- reading ---------------------------------------------------------------------------------
 
     def get(self, task_id: str) -> Task | None:
-        with _guard():
-            doc = self._tasks.find_one({"_id": ObjectId(task_id)})
-        return None if doc is None else _doc_to_task(doc)
+        with guard():
+            doc = self._tasks.find_one({"_id": ObjectId(task_id), "status": {"$in": VISIBLE}})
+        return None if doc is None else doc_to_task(doc)
 
     def query(
         self,
@@ -278,9 +343,11 @@ class MongoStore(Store):
         limit: int = 100,
         after: OrderKey | None = None,
     ) -> list[Task]:
-        query: dict[str, Any] = {}
-        if status is not None:
-            query["status"] = str(status)
+        query: dict[str, Any] = {
+            # Without a status, the five as an $in: an index that starts with status then serves
+            # the queue order by merging five ranges, instead of a sort of every task.
+            "status": str(status) if status is not None else {"$in": VISIBLE}
+        }
         if party is not None:
             query["party"] = party
         if after is not None:
@@ -292,75 +359,120 @@ class MongoStore(Store):
                 {"timestamp": ts, "attempts": attempts, "created": {"$gt": created}},
                 {"timestamp": ts, "attempts": attempts, "created": created, "_id": {"$gt": oid}},
             ]
-        with _guard():
+        with guard():
             docs = list(self._tasks.find(query).sort(ORDER).limit(limit))
-        return [_doc_to_task(doc) for doc in docs]
+        return [doc_to_task(doc) for doc in docs]
+
+    def expired(self, now: datetime, limit: int = 100) -> list[Task]:
+        with guard():
+            docs = list(
+                self._tasks.find({"status": "running", "lease_expires": {"$lt": now}})
+                .sort([("lease_expires", 1)])
+                .limit(limit)
+            )
+        return [doc_to_task(doc) for doc in docs]
+
+    def next_run_at(self) -> datetime | None:
+        with guard():
+            doc = self._tasks.find_one({"status": "queued"}, {"run_at": 1}, sort=[("run_at", 1)])
+        return None if doc is None else doc["run_at"]
+
+    def stats(self, now: datetime) -> dict[str, Any]:
+        # Sorted on the keys of tasks_party and projected to them, the counts are read from that
+        # index alone, without fetching a document.
+        pipeline = [
+            {"$match": {"status": {"$in": VISIBLE}}},
+            {"$sort": {"party": 1, "status": 1}},
+            {"$project": {"_id": 0, "party": 1, "status": 1}},
+            {"$group": {"_id": {"party": "$party", "status": "$status"}, "n": {"$sum": 1}}},
+        ]
+        with guard():
+            groups = list(self._tasks.aggregate(pipeline))
+            count = self._tasks.count_documents(due(now))
+            oldest = self._tasks.find_one(due(now), {"timestamp": 1}, sort=ORDER)
+        rows = ((g["_id"]["party"], g["_id"]["status"], g["n"]) for g in groups)
+        return assemble_stats(rows, count, None if oldest is None else oldest["timestamp"])
+
+    # -- claiming and fenced writes --------------------------------------------------------------
 
     def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
+        update = claim_update(token, lease_expires)
         won: list[Task] = []
-        with _guard():
-            for _ in range(_CLAIM_RETRIES):
-                want = limit - len(won)
-                candidates = [
-                    doc["_id"]
-                    for doc in self._tasks.find(_due(now), {"_id": 1}).sort(ORDER).limit(want)
-                ]
-                if not candidates:
-                    break
-                # The filter repeats the due condition, so a task another claimer took in between
-                # is not matched: each document is updated atomically, by one claimer only.
-                result = self._tasks.update_many(
-                    {"_id": {"$in": candidates}, **_due(now)},
-                    {
-                        "$set": {
-                            "status": "running",
-                            "lease": token,
-                            "lease_expires": _truncate_to_millis(lease_expires),
-                        },
-                        "$inc": {"attempts": 1},
-                    },
-                )
-                if result.modified_count:
-                    docs = self._tasks.find({"_id": {"$in": candidates}, "lease": token})
-                    won.extend(_doc_to_task(doc) for doc in docs)
-                if result.modified_count == len(candidates) or len(won) >= limit:
-                    break  # no contention, or enough: only a lost race is worth another look
-        won.sort(key=lambda t: t.order_key)
+        try:
+            with guard():
+                while len(won) < limit:
+                    # The head of the queue, taken atomically: two claimers never take one task,
+                    # and the one that comes second takes the next instead of losing a race.
+                    doc = self._tasks.find_one_and_update(
+                        due(now), update, sort=ORDER, return_document=ReturnDocument.AFTER
+                    )
+                    if doc is None:
+                        break
+                    won.append(doc_to_task(doc))
+        except BaseException as exc:
+            # A claim that landed but whose answer was lost holds a task under this token that
+            # nobody runs: hand those back now rather than charge an attempt after the lease.
+            self._unclaim(token, [task.id for task in won])
+            if won and isinstance(exc, StoreUnavailable):
+                logger.warning("MongoDB: claim cut short after %d tasks: %s", len(won), exc)
+                return won
+            raise
         return won
 
+    def _unclaim(self, token: str, keep: list[str]) -> None:
+        try:
+            with guard():
+                result = self._tasks.update_many(
+                    {
+                        "lease": token,
+                        "status": "running",
+                        "_id": {"$nin": [ObjectId(i) for i in keep]},
+                    },
+                    UNCLAIM,
+                )
+            if result.modified_count:
+                logger.warning(
+                    "MongoDB: %d tasks claimed by a call that failed were handed back",
+                    result.modified_count,
+                )
+                self.notify()
+        except (StoreUnavailable, PyMongoError) as exc:
+            logger.warning(
+                "MongoDB: tasks of a failed claim (token %s) could not be handed back now (%s); "
+                "their lease will expire",
+                token,
+                scrub(str(exc)),
+            )
+
     def claim_id(self, task_id: str, lease_expires: datetime, token: str) -> Task | None:
-        with _guard():
+        with guard():
             doc = self._tasks.find_one_and_update(
                 {"_id": ObjectId(task_id), "status": "queued"},
-                {
-                    "$set": {
-                        "status": "running",
-                        "lease": token,
-                        "lease_expires": _truncate_to_millis(lease_expires),
-                    },
-                    "$inc": {"attempts": 1},
-                },
+                claim_update(token, lease_expires),
                 return_document=ReturnDocument.AFTER,
             )
-        return None if doc is None else _doc_to_task(doc)
+        return None if doc is None else doc_to_task(doc)
 
     def update(self, write: Write) -> Task | None:
-        with _guard():
+        with guard():
             doc = self._tasks.find_one_and_update(
-                _filter(write), _update(write), return_document=ReturnDocument.AFTER
+                write_filter(write), write_update(write), return_document=ReturnDocument.AFTER
             )
+            if doc is None and write.lease is not None:
+                doc = self._tasks.find_one({"_id": ObjectId(write.task_id)})
+                if not landed(write, doc):
+                    doc = None
         if doc is None:
             return None
         if write.fields.get("status") == Status.QUEUED:
             self.notify()
-        return _doc_to_task(doc)
+        return doc_to_task(doc)
 
     def write_many(self, writes: Sequence[Write]) -> list[bool]:
-        with _guard():
-            matched = [
-                self._tasks.update_one(_filter(write), _update(write)).matched_count == 1
-                for write in writes
-            ]
+        """Each write on its own: one that cannot be stored does not stop the others (see
+        ``_apply``); an unavailable store stops the batch (the caller replays it, and the writes
+        that landed count as applied then)."""
+        matched = [self._apply(write) for write in writes]
         if any(
             ok and w.fields.get("status") == Status.QUEUED
             for w, ok in zip(writes, matched, strict=True)
@@ -368,40 +480,27 @@ class MongoStore(Store):
             self.notify()
         return matched
 
-    def expired(self, now: datetime, limit: int = 100) -> list[Task]:
-        with _guard():
-            docs = (
-                self._tasks.find({"status": "running", "lease_expires": {"$lt": now}})
-                .sort([("lease_expires", ASCENDING)])
-                .limit(limit)
-            )
-            return [_doc_to_task(doc) for doc in docs]
+    def _apply(self, write: Write) -> bool:
+        try:
+            with guard():
+                return self._apply_one(write)
+        except ValidationError as exc:
+            # Its values cannot be stored (the result makes the document pass 16 MiB): the task
+            # fails at once, with the reason, instead of re-running until its attempts run out.
+            # The write is changed in place, so the caller reports what was stored.
+            write.fields.update(_unstorable_failure(write, str(exc)))
+            with guard():
+                return self._apply_one(write)
 
-    def next_run_at(self) -> datetime | None:
-        with _guard():
-            doc = self._tasks.find_one(
-                {"status": "queued"}, {"run_at": 1}, sort=[("run_at", ASCENDING)]
-            )
-        return None if doc is None else doc["run_at"]
+    def _apply_one(self, write: Write) -> bool:
+        result = self._tasks.update_one(write_filter(write), write_update(write))
+        if result.matched_count:
+            return True
+        if write.lease is None:
+            return False
+        return landed(write, self._tasks.find_one({"_id": ObjectId(write.task_id)}))
 
-    def stats(self, now: datetime) -> dict[str, Any]:
-        with _guard():
-            groups = list(
-                self._tasks.aggregate(
-                    [
-                        {
-                            "$group": {
-                                "_id": {"party": "$party", "status": "$status"},
-                                "n": {"$sum": 1},
-                            }
-                        }
-                    ]
-                )
-            )
-            due = self._tasks.count_documents(_due(now))
-            oldest = self._tasks.find_one(_due(now), {"timestamp": 1}, sort=ORDER)
-        rows = ((g["_id"]["party"], g["_id"]["status"], g["n"]) for g in groups)
-        return assemble_stats(rows, due, None if oldest is None else oldest["timestamp"])
+    # -- schedulers ------------------------------------------------------------------------------
 
     @property
     def _schedulers(self) -> Collection:
@@ -410,26 +509,28 @@ class MongoStore(Store):
         )
 
     def beat(self, record: dict[str, Any], now: datetime) -> None:
-        with _guard():
+        with guard():
             self._schedulers.replace_one(
                 {"_id": record["id"]},
-                {"record": record, "heartbeat": _truncate_to_millis(now)},
+                {"record": record, "heartbeat": truncate_to_millis(now)},
                 upsert=True,
             )
 
     def schedulers(self, since: datetime | None = None) -> list[dict[str, Any]]:
         query = {} if since is None else {"heartbeat": {"$gte": since}}
-        with _guard():
+        with guard():
             docs = list(self._schedulers.find(query))
         records = [{**doc["record"], "heartbeat": doc["heartbeat"]} for doc in docs]
         return sorted(records, key=lambda r: (str(r.get("started")), r["id"]))
 
     def forget_schedulers(self, before: datetime) -> int:
-        with _guard():
+        with guard():
             return int(self._schedulers.delete_many({"heartbeat": {"$lt": before}}).deleted_count)
 
+    # -- health, wake-ups, housekeeping ----------------------------------------------------------
+
     def ping(self) -> None:
-        with _guard():
+        with guard():
             self._tasks.database.command("ping")
 
     def check_writable(self) -> None:
@@ -445,124 +546,90 @@ class MongoStore(Store):
                 )
         except PyMongoError as exc:
             raise StoreUnavailable(
-                f"MongoDB cannot take a write on {self}: {_scrub(str(exc))}"
-            ) from _shown(exc)
+                f"MongoDB cannot take a write on {self}: {scrub(str(exc))}"
+            ) from shown(exc)
 
-    def listen(self) -> Listener | ChangeStreamListener | None:
-        """A change stream where the deployment has one (a replica set: it reaches schedulers on
-        every machine), else the local channel of schedulers on this machine."""
+    def listen(self) -> Listener | None:
+        """The local wake-up channel: fed by this machine's adds and by the one change stream its
+        scheduler follows (``relay_wakeups``), never a stream per worker."""
+        return listener_or_none(self._wake_dir)
+
+    def relay_wakeups(self) -> ChangeRelay | None:
+        """Follow the change stream (a replica set) and wake this machine's workers on each
+        queued task; None where the deployment has no change streams (a standalone server,
+        mongomock: wake-ups then reach this machine only, polling the rest)."""
         try:
-            stream = self._tasks.watch(_QUEUED_CHANGES, max_await_time_ms=1000)
-        # OperationFailure: a standalone server; TypeError: mongomock, which has no watch().
-        except (OperationFailure, NotImplementedError, TypeError) as exc:
+            with guard():
+                self._tasks.watch(_QUEUED_CHANGES, max_await_time_ms=1000).close()
+        # OperationFailure: a standalone server; the others: mongomock, which has no watch().
+        except (OperationFailure, StoreUnavailable, NotImplementedError, TypeError) as exc:
             logger.info(
                 "no change stream on %s (%s); wake-ups reach this machine only",
                 self,
-                _scrub(str(exc)),
+                scrub(str(exc)),
             )
-            return listener_or_none(self._wake_dir)
-        logger.info("watching a change stream on %s for wake-ups", self)
-        return ChangeStreamListener(stream)
+            return None
+        notifier = Notifier(self._wake_dir)
+
+        def open_stream(token: Any) -> Any:
+            with guard():
+                return self._tasks.watch(
+                    _QUEUED_CHANGES, max_await_time_ms=1000, resume_after=token
+                )
+
+        self._relay = ChangeRelay(open_stream, notifier, describe=repr(self)).start()
+        logger.info("following a change stream on %s for this machine's workers", self)
+        return self._relay
 
     def notify(self) -> None:
         if self._notifier is None:
             self._notifier = Notifier(self._wake_dir)
         self._notifier.notify()
 
+    def maintain(self) -> None:
+        """Remove the documents of adds whose process died between their two writes."""
+        try:
+            with guard():
+                self._tasks.delete_many(
+                    {"status": ADDING, "created": {"$lt": system_now() - STALE_ADDING}}
+                )
+        except (StoreUnavailable, PyMongoError) as exc:
+            logger.debug("MongoDB maintenance skipped: %s", scrub(str(exc)))
+
     def close(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
         if self._notifier is not None:
             self._notifier.close()
         if self._client is not None:
             self._client.close()
 
+    # -- what an operator checks -----------------------------------------------------------------
+
+    def describe(self) -> list[Finding]:
+        from .mongo_check import describe_deployment  # only `party check` needs it
+
+        return describe_deployment(self, self._tasks, self._client)
+
     def explain_claim(self, now: datetime) -> dict[str, Any]:
         """The winning plan of the due-task query (for benchmarks and tests on a real server)."""
-        with _guard():
-            return self._tasks.find(_due(now)).sort(ORDER).limit(16).explain()
+        with guard():
+            return self._tasks.find(due(now)).sort(ORDER).limit(16).explain()
 
 
-# Inserts, and updates that make a task queued (a retry, a recurring re-queue, a hand-back).
-_QUEUED_CHANGES = [
-    {
-        "$match": {
-            "$or": [
-                {"operationType": "insert"},
-                {"updateDescription.updatedFields.status": "queued"},
-            ]
-        }
-    },
-    {"$project": {"_id": 1}},
-]
-
-
-class ChangeStreamListener:
-    """Turns a change stream into a readable descriptor: a thread follows the stream and writes
-    one byte to a socket pair per change; if the stream breaks, the thread logs it and stops, and
-    polling carries on alone."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._read, self._write = socket.socketpair()
-        self._read.setblocking(False)
-        self._write.setblocking(False)
-        self._thread = threading.Thread(
-            target=self._follow, name="party-change-stream", daemon=True
-        )
-        self._thread.start()
-
-    def _follow(self) -> None:
-        try:
-            while self._stream.alive:
-                if self._stream.try_next() is not None:
-                    try:
-                        self._write.send(b"!")
-                    except BlockingIOError:
-                        pass  # a wake-up is already pending
-        except Exception as exc:  # the stream is a convenience; polling stays correct without it
-            if self._stream.alive:
-                logger.warning(
-                    "change stream stopped (%s); falling back to polling", _scrub(str(exc))
-                )
-
-    def fileno(self) -> int:
-        """The descriptor that becomes readable when a task was queued anywhere."""
-        return self._read.fileno()
-
-    def drain(self) -> int:
-        """Consume every pending notification; return how many there were."""
-        count = 0
-        while True:
-            try:
-                count += len(self._read.recv(4096))
-            except (BlockingIOError, InterruptedError):
-                return count
-
-    def close(self) -> None:
-        """Stop following the stream."""
-        self._stream.close()
-        self._thread.join(timeout=2)
-        self._read.close()
-        self._write.close()
-
-
-@contextmanager
-def _guard() -> Iterator[None]:
-    try:
-        yield
-    except DuplicateKeyError:
-        raise
-    except ConnectionFailure as exc:
-        raise StoreUnavailable(f"MongoDB did not answer: {_scrub(str(exc))}") from _shown(exc)
-    except BulkWriteError:
-        raise
-    except PyMongoError as exc:
-        if exc.has_error_label("RetryableWriteError") or exc.timeout:
-            raise StoreUnavailable(f"MongoDB did not answer: {_scrub(str(exc))}") from _shown(exc)
-        raise
-
-
-def _shown(exc: BaseException) -> BaseException | None:
-    """``exc`` as the cause of an error of ours, unless its text holds a password (a traceback
-    would print it): then no cause."""
-    text = str(exc)
-    return exc if _scrub(text) == text else None
+def _unstorable_failure(write: Write, reason: str) -> dict[str, Any]:
+    """The fields that fail a run whose outcome cannot be stored, keeping its times."""
+    fields: dict[str, Any] = {
+        "result": None,
+        "last_error": {
+            "type": "UnstorableResult",
+            "message": f"the run's outcome cannot be stored in MongoDB ({reason}); the task "
+            "fails without a retry",
+            "traceback": None,
+            "at": format_timestamp(system_now()),
+        },
+    }
+    if "status" in write.fields:
+        fields.update(status=Status.FAILED, singleton=None)
+    return fields

@@ -38,6 +38,7 @@ from ..model import (
 )
 from ..timestamps import from_micros, to_micros
 from .base import (
+    Finding,
     OrderKey,
     Store,
     assemble_stats,
@@ -1044,6 +1045,46 @@ class SqliteStore(Store):
             self._close_lock_file()
             if self._notifier is not None:
                 self._notifier.close()
+
+    def describe(self) -> list[Finding]:
+        """The file, its journal mode, synchronous setting, schema version and size."""
+        with self._guard() as db:
+            journal = db.execute("PRAGMA journal_mode").fetchone()[0]
+            synchronous = db.execute("PRAGMA synchronous").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            missing = self._missing_columns()
+        findings = [
+            Finding("file", os.path.abspath(self.path) if self.path != ":memory:" else self.path),
+            Finding(
+                "journal mode",
+                journal,
+                problem=None
+                if journal == "wal" or self.path == ":memory:"
+                else "the store is not in WAL mode: open it once with Party (it switches it)",
+            ),
+            Finding(
+                "synchronous",
+                {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(synchronous, str(synchronous)),
+                warning=None
+                if synchronous >= 2
+                else "a power cut may lose the last acknowledged adds (?synchronous=normal)",
+            ),
+            Finding(
+                "schema version",
+                f"{version} (this Party: {SCHEMA_VERSION})",
+                problem=None
+                if version >= SCHEMA_VERSION and not missing
+                else "open the store once with this version of Party: it migrates the file",
+            ),
+        ]
+        if self.path != ":memory:":
+            size = sum(
+                os.path.getsize(path)
+                for path in (self.path, self.path + "-wal")
+                if os.path.exists(path)
+            )
+            findings.append(Finding("size", f"{size / 1e6:.1f} MB (with its log)"))
+        return findings
 
     def explain_claim(self, now: datetime) -> list[str]:
         """The query plan of the due-task claim's inner select (for benchmarks and tests)."""
