@@ -38,9 +38,11 @@ from ..runner import is_async, run_task, run_task_async, worker_loop
 from ..stores.wakeup import Listener
 from ..timestamps import system_now
 from . import messages
+from .child import RETIRED_EXIT
 from .claiming import WAKE_AHEAD, ClaimPolicy
 from .leases import HOLD_BEHIND
-from .worker import FLUSH_AFTER, RETIRED_EXIT, Worker, log_end
+from .outcomes import log_end
+from .worker import FLUSH_AFTER, Worker
 
 logger = logging.getLogger(__name__)
 

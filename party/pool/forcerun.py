@@ -30,8 +30,8 @@ from ..queue import TaskQueue
 from ..registry import Registry
 from ..stores import open_store
 from . import owner
+from .child import STOP_SIGNALS
 from .supervisor import Finished, WorkerPool
-from .worker import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 

@@ -25,27 +25,19 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from ..channel import Channel, HasFileno, wait_readable
-from ..model import Status, Task
-from ..queue import TaskQueue, error_info
+from ..model import Task
+from ..queue import TaskQueue
 from ..registry import Registry
-from ..stores import open_store
-from ..timestamps import system_now
 from . import messages
+from .child import RETIRED_EXIT, STOP_SIGNALS, child_main, kill, reap
 from .claiming import ClaimPolicy
-from .leases import LEASE_LOST_EXIT, OVERRUN_GRACE
-from .messages import RELEASED, Claimed, Push, Report
+from .leases import OVERRUN_GRACE
+from .messages import Claimed, Push
+from .outcomes import Finished, Ledger, finished_from
 from .slot import Slot
-from .worker import (
-    HOOK_FAILED_EXIT,
-    NO_STORE_EXIT,
-    RETIRED_EXIT,
-    STOP_SIGNALS,
-    Worker,
-    child_main,
-)
+from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +49,6 @@ STABLE_AFTER = 5.0
 FIRST_RESTART_DELAY = 0.1
 MAX_RESTART_DELAY = 30.0
 
-_EXIT_REASONS = {
-    NO_STORE_EXIT: "could not open the store",
-    LEASE_LOST_EXIT: "stopped: it could not keep the lease of its running task",
-    HOOK_FAILED_EXIT: "a worker start hook failed",
-    RETIRED_EXIT: "retired: a run in one of its threads overran its timeout",
-}
 #: Seconds past a handler's ``timeout`` before the pool kills a worker that runs several runs at
 #: once and did not end its overrun itself (its event loop is blocked, say).
 BACKSTOP_AFTER = 2 * OVERRUN_GRACE
@@ -70,25 +56,6 @@ BACKSTOP_AFTER = 2 * OVERRUN_GRACE
 
 class PoolStopped(RuntimeError):
     """The pool is stopping and takes no more work."""
-
-
-@dataclass
-class Finished:
-    """What became of a task handed to or claimed by the pool.
-
-    ``status`` is the task's status after the run (None when its outcome was discarded because
-    the lease was lost); ``released`` is True when it was handed back unstarted or at shutdown;
-    ``error`` is the error type of a failed run; ``late`` how long after it became due the run
-    started (when the worker reported it).
-    """
-
-    task: Task | Claimed
-    status: Status | None
-    duration: float = 0.0
-    error: str | None = None
-    released: bool = False
-    seq: int = 0
-    late: float | None = None  # seconds from due to started, for a run that started
 
 
 @dataclass
@@ -143,7 +110,7 @@ class WorkerPool:
         self.registry = registry
         self.lease_seconds = lease_seconds
         self.name = name
-        self._queue = queue
+        self.ledger = Ledger(store_url, registry, lease_seconds, name, queue)
         self.claim = claim
         self.die_with_parent = die_with_parent
         self._children: list[_Child | None] = [None] * size
@@ -218,7 +185,7 @@ class WorkerPool:
 
     def attach_queue(self, queue: TaskQueue) -> None:
         """Use ``queue`` (opened after the fork) to fail or hand back the runs of dead workers."""
-        self._queue = queue
+        self.ledger.queue = queue
 
     @property
     def pids(self) -> list[int]:
@@ -329,7 +296,7 @@ class WorkerPool:
                 continue
             task = child.inflight.pop(message.seq, None)
             if task is not None:
-                finished.append(_finished(task, message))
+                finished.append(finished_from(task, message))
         return finished
 
     def _next_deadline(self) -> float:
@@ -364,7 +331,7 @@ class WorkerPool:
                 "task %s (%s) attempt %d overran its timeout of %g s: killing %s-%d (pid %d)",
                 task.id, task.party, task.attempts, limit, self.name, child.index, child.pid,
             )  # fmt: skip
-            _kill(child.pid)
+            kill(child.pid)
             reason = self._reap(child, block=True) or "killed"
             handler = self.registry.get(task.party)
             timeout = float(handler.timeout) if handler and handler.timeout else limit
@@ -373,18 +340,8 @@ class WorkerPool:
 
     def _reap(self, child: _Child, *, block: bool) -> str | None:
         """Why the worker ended (None if it still runs)."""
-        try:
-            pid, status = os.waitpid(child.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            return "vanished"
-        if pid == 0:
-            return None
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            return f"killed by signal {sig} ({signal.Signals(sig).name})"
-        code = child.exit_code = os.waitstatus_to_exitcode(status)
-        why = _EXIT_REASONS.get(code)
-        return f"exited with code {code}" + (f" ({why})" if why else "")
+        reason, child.exit_code = reap(child.pid, block=block)
+        return reason
 
     def _on_death(
         self, child: _Child, reason: str, *, timed_out: tuple[int, float] | None = None
@@ -407,10 +364,10 @@ class WorkerPool:
                 tasks[seq] = running  # a worker that dies during a shutdown is a hand-back
                 continue
             limit = timed_out[1] if timed_out is not None and timed_out[0] == seq else None
-            finished.append(self._fail_run(running, seq, started, name, child.pid, reason,
+            finished.append(self.ledger.fail_run(running, seq, started, name, child.pid, reason,
                                            limit))  # fmt: skip
         if tasks:
-            finished.extend(self._hand_back(tasks))
+            finished.extend(self.ledger.hand_back(tasks))
         if self._stopping:
             logger.info("%s (pid %d) %s", name, child.pid, reason)
             return finished
@@ -434,67 +391,6 @@ class WorkerPool:
         if threading.current_thread() is threading.main_thread():
             self.maintain()
         return finished
-
-    def _fail_run(
-        self,
-        running: Task | Claimed,
-        seq: int,
-        started: float,
-        name: str,
-        pid: int,
-        reason: str,
-        timed_out: float | None,
-    ) -> Finished:
-        duration = time.monotonic() - started
-        if timed_out is not None:
-            kind, message = "Timeout", f"timed out after {timed_out:g} s"
-        else:
-            kind = "WorkerDied"
-            message = f"the worker process running it ({name}, pid {pid}) {reason}"
-        status = None
-        failed = self._full_task(running)
-        if failed is not None:
-            failed.started_on = system_now() - timedelta(seconds=duration)
-            error = error_info(kind, message, at=system_now())
-            status = self._store_call("fail", failed, error)
-        if failed is not None or timed_out is not None:
-            logger.warning(
-                "task %s (%s) attempt %d failed after %.3fs: %s; %s",
-                running.id, running.party, running.attempts, duration, message,
-                "will retry" if status == Status.QUEUED else f"task is {status}",
-            )  # fmt: skip
-        return Finished(running, status, duration, kind, seq=seq)
-
-    def _full_task(self, item: Task | Claimed) -> Task | None:
-        """The task a run was of, as the store has it under this run's lease (None when it is
-        gone or its lease is no longer this run's: the worker recorded it before dying)."""
-        task = self._store_call("get", item.id)
-        if not isinstance(task, Task) or task.lease != item.lease:
-            return None
-        return task
-
-    def _hand_back(self, tasks: dict[int, Task | Claimed]) -> list[Finished]:
-        released = self._store_call("release", list(tasks.values()))
-        if not isinstance(released, list):
-            released = [False] * len(tasks)
-        return [
-            Finished(task, Status.QUEUED if ok else None, released=True, seq=seq)
-            for (seq, task), ok in zip(tasks.items(), released, strict=True)
-        ]
-
-    def _store_call(self, method: str, *args: object) -> object:
-        # The task's lease stays in the store if this fails, so lease recovery takes it over.
-        try:
-            if self._queue is None:
-                self._queue = TaskQueue(
-                    open_store(self.store_url), self.registry, lease_seconds=self.lease_seconds
-                )
-            return getattr(self._queue, method)(*args)
-        except Exception as exc:
-            logger.error(
-                "%s pool: %s failed, lease recovery will take over: %s", self.name, method, exc
-            )
-            return None
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -525,11 +421,11 @@ class WorkerPool:
                     break
                 time.sleep(0.005)
             else:
-                _kill(child.pid)
+                kill(child.pid)
                 self._reap(child, block=True)
             self._children[child.index] = None
             if child.inflight:
-                finished.extend(self._hand_back(dict(child.inflight)))
+                finished.extend(self.ledger.hand_back(dict(child.inflight)))
         logger.info("%s pool stopped", self.name)
         return finished
 
@@ -539,17 +435,10 @@ class WorkerPool:
         self._restart_at.clear()
         for child in self._children:
             if child is not None:
-                _kill(child.pid)
+                kill(child.pid)
                 self._reap(child, block=True)
                 child.conn.close()
         self._children = [None] * self.size
-
-
-def _finished(task: Task | Claimed, report: Report) -> Finished:
-    if report.status == RELEASED:
-        return Finished(task, Status.QUEUED, released=True, seq=report.seq)
-    status = None if report.status is None else Status(report.status)
-    return Finished(task, status, report.duration, report.error, seq=report.seq, late=report.late)
 
 
 def _held(child: _Child) -> int:
@@ -558,10 +447,3 @@ def _held(child: _Child) -> int:
     latest = max(abs(seq) for _, seq in entries)
     unstarted = sum(1 for seq in child.inflight if seq > latest)
     return unstarted + sum(1 for _, seq in entries if seq > 0 and seq in child.inflight)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

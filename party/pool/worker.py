@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import signal
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from ..errors import StoreUnavailable
 from ..model import Outcome, Status, Task
 from ..queue import TaskQueue
 from ..registry import Registry
-from ..runner import run_hooks, run_task
+from ..runner import run_task
 from ..stores import open_store
 from ..stores.base import Store
 from ..stores.wakeup import Listener
@@ -47,26 +46,17 @@ from . import messages, owner
 from .claiming import CLAIM_AHEAD, WAKE_AHEAD, ClaimPolicy, Prefetch
 from .leases import Leases
 from .messages import RELEASED, Push, Wire
+from .outcomes import log_end
 from .slot import Slot
 
 logger = logging.getLogger(__name__)
 
-#: Signals a worker ignores; the pool blocks them around the fork so none lands before that.
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 #: Longest time a finished outcome waits in the worker before it is written to the store.
 FLUSH_AFTER = 0.005
 #: The last part of a sleep taken with a precise timer instead of poll()'s whole milliseconds.
 TIMER_SLACK = 0.002
 #: Longest pause before trying again a store that stopped answering (seconds).
 MAX_BACKOFF = 5.0
-#: Exit code of a worker that could not open its store.
-NO_STORE_EXIT = 3
-#: Exit code of a worker that ended after a run in one of its threads overran its timeout (the
-#: thread cannot be stopped): its other runs ended first; the pool replaces it at once.
-RETIRED_EXIT = 5
-#: Exit code of a worker whose ``on_worker_start`` hook raised.
-HOOK_FAILED_EXIT = 6
-
 _Pending = tuple[int, Task, "float | None"]
 
 
@@ -411,80 +401,3 @@ def _relaxed(store_url: str) -> Store:
     store = open_store(store_url)
     store.relax_commits()
     return store
-
-
-def log_end(outcome: Outcome, status: Status | str | None, duration: float) -> None:
-    """The one line that ends a run (id, handler, attempt, duration, outcome)."""
-    if outcome.ok and status is not None and not logger.isEnabledFor(logging.INFO):
-        return  # the common case under --log-level WARNING: build no line at all
-    task = outcome.task
-    head = f"task {task.id} ({task.party}) attempt {task.attempts}"
-    if status is None:
-        logger.warning("%s finished in %.3fs; outcome discarded: lease lost", head, duration)
-    elif outcome.ok:
-        if status == Status.QUEUED:
-            logger.info("%s completed in %.3fs, next run %s", head, duration, outcome.next_run)
-        else:
-            logger.info("%s %s in %.3fs", head, status, duration)
-    else:
-        error = outcome.error or {}
-        then = {Status.QUEUED: "will retry", Status.FAILED: "failed for good"}.get(
-            Status(status), f"task is {status}"
-        )
-        logger.warning(
-            "%s failed in %.3fs (%s: %s); %s\n%s",
-            head,
-            duration,
-            error.get("type"),
-            error.get("message"),
-            then,
-            (error.get("traceback") or "").rstrip(),
-        )
-
-
-def child_main(
-    conn: Channel,
-    slot: Slot,
-    store_url: str,
-    registry: Registry,
-    *,
-    lease_seconds: float,
-    name: str,
-    claim: ClaimPolicy | None = None,
-    die_with_parent: bool = False,
-    concurrency: int = 1,
-    factory: type[Worker] | None = None,
-) -> int:
-    """Entry of a freshly forked worker: ignore stop signals, open the store, call the start
-    hooks, serve, call the stop hooks. ``factory`` is the worker class (``Worker`` by default).
-
-    With ``die_with_parent`` the worker is killed outright when its parent ends (the force-run
-    workers, whose leases their parent's owner holds); otherwise it finishes the runs in
-    progress, records them and leaves.
-    """
-    # Workers stay in the scheduler's process group (Ctrl-C and `kill -- -PGID` reach them) but
-    # the scheduler alone decides: it drains, hands back and stops them.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the pool around fork
-    if die_with_parent and (not owner.die_with_parent(signal.SIGKILL) or os.getppid() == 1):
-        return 1
-    try:
-        worker = (factory or Worker)(
-            conn, slot, store_url, registry, lease_seconds=lease_seconds, name=name, claim=claim,
-            concurrency=concurrency,
-        )  # fmt: skip
-    except StoreUnavailable as exc:
-        logger.error("%s cannot open its store: %s", name, exc)
-        return NO_STORE_EXIT
-    try:
-        run_hooks(registry.start_hooks)
-    except Exception:
-        logger.exception("%s: an on_worker_start hook failed; this worker stops", name)
-        return HOOK_FAILED_EXIT
-    code = worker.serve()
-    try:
-        run_hooks(registry.stop_hooks)
-    except Exception:
-        logger.exception("%s: an on_worker_stop hook failed", name)
-    return code
