@@ -10,6 +10,7 @@ version; never tornado, a store or the queue.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from collections.abc import Mapping
@@ -264,9 +265,13 @@ def _operation(op: Operation) -> dict[str, Any]:
     return out
 
 
-@cache
 def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document (built once; do not modify it)."""
+    """The OpenAPI 3.1 document (a fresh copy: tools such as schemathesis modify what they load)."""
+    return copy.deepcopy(_document())
+
+
+@cache
+def _document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
@@ -308,12 +313,12 @@ def document() -> dict[str, Any]:
 @cache
 def document_bytes() -> bytes:
     """The document as the body of ``GET /openapi.json``."""
-    return wire.dumps(document())
+    return wire.dumps(_document())
 
 
 def document_text() -> str:
     """The document as docs/openapi.json holds it (indented, one final newline)."""
-    return json.dumps(document(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(_document(), indent=2, ensure_ascii=False) + "\n"
 
 
 def endpoints() -> str:
