@@ -42,10 +42,13 @@ def raw(request):
         return
     if not MONGODB_URI:
         pytest.skip("set PARTY_TEST_MONGODB_URI=mongodb://host:port/db to test a real MongoDB")
-    store = MongoStore.from_url(MONGODB_URI, collection=f"tasks_{uuid.uuid4().hex[:8]}")
-    yield store._tasks
-    store._tasks.drop()
-    store.close()
+    from party.stores.mongo import connect
+
+    # A collection without Party's indexes, as mongomock's is: each test opens its stores.
+    client, tasks = connect(MONGODB_URI, collection=f"tasks_{uuid.uuid4().hex[:8]}")
+    yield tasks
+    tasks.drop()
+    client.close()
 
 
 @pytest.fixture
