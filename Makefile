@@ -13,7 +13,8 @@ help:  ## list the targets
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	# Playwright drives the system Chromium (/usr/bin/chromium): it must never download a browser.
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
 # PYTHONDONTWRITEBYTECODE would otherwise have every process, and every process test, compile the

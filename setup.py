@@ -21,6 +21,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "bench*"]),
+    # The dashboard's templates and static files (party/server/dashboard.py) ship with the code.
+    package_data={"party.server": ["templates/*.html", "static/*"]},
     install_requires=requirements,
     entry_points={"console_scripts": ["party=party.cli:main"]},
 )

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     lister.add_argument("--limit", type=int, default=50, help="tasks per page (1..1000)")
     lister.add_argument("--after", help="the cursor printed after a full page")
     commands.add_parser("stats", parents=[client], help="counts per status and handler")
+    commands.add_parser(
+        "schedulers", parents=[client], help="the live schedulers and what their workers run"
+    )
     commands.add_parser("health", parents=[client], help="check that the server and store answer")
     check = commands.add_parser(
         "check", help="check the configured store before going live (no server needed)"
@@ -168,6 +171,9 @@ def _run_client(args: argparse.Namespace) -> int:
         elif args.command == "stats":
             answer = con.request("/stats")
             _print(args, answer, lambda: _print_stats(answer))
+        elif args.command == "schedulers":
+            answer = con.request("/schedulers")
+            _print(args, answer, lambda: _print_schedulers(answer["schedulers"]))
         else:
             answer = con.request("/health")
             _print(args, answer, lambda: print(answer.get("status", answer)))
@@ -215,6 +221,10 @@ def _print(args: argparse.Namespace, answer: Any, human: Any) -> None:
 def _print_task(task: dict[str, Any]) -> None:
     width = max(len(k) for k in task)
     for key, value in task.items():
+        if key == "waiting" and isinstance(value, dict):
+            until = f" (until {value['until']})" if value.get("until") else ""
+            print(f"{key:<{width}}  {value.get('reason')}{until}: {value.get('detail')}")
+            continue
         if key == "last_error" and isinstance(value, dict):
             print(f"{key:<{width}}  {value.get('type')}: {value.get('message')}")
             if value.get("traceback"):
@@ -239,6 +249,21 @@ def _print_stats(stats: dict[str, Any]) -> None:
               for name, counts in sorted(stats["parties"].items())])  # fmt: skip
     oldest = stats.get("oldest_due_seconds")
     print(f"\ndue now: {stats['due']}" + (f" (oldest waiting {oldest:.1f} s)" if oldest else ""))
+    if stats.get("no_handler"):
+        print(f"queued for a handler no live scheduler has: {stats['no_handler']}")
+
+
+def _print_schedulers(schedulers: list[dict[str, Any]]) -> None:
+    _table(["ID", "HOST", "PID", "STARTED", "HEARTBEAT", "WORKERS", "HANDLERS"],
+           [[s["id"], str(s["host"]), str(s["pid"]), str(s["started"]), str(s["heartbeat"]),
+             f"{len(s['running'])}/{s['workers']} busy", _cell(", ".join(s["handlers"]))]
+            for s in schedulers])  # fmt: skip
+    running = [(s, run) for s in schedulers for run in s["running"]]
+    if running:
+        print()
+        _table(["SCHEDULER", "WORKER", "PID", "TASK", "HANDLER", "SINCE"],
+               [[s["id"], str(run.get("worker", "-")), str(run.get("pid", "-")), run["_id"],
+                 run["party"], run["since"]] for s, run in running])  # fmt: skip
 
 
 def _cell(value: Any, width: int = 40) -> str:

@@ -2,7 +2,7 @@
 
 Adding (validation, all or nothing, the singleton rule), claiming with a lease, recording outcomes
 (completion, the recurring re-queue, failure with attempts and retry delay), handing back, renewing
-and recovering leases, deleting, listing and stats. Each change of a claimed task is a write
+and recovering leases, deleting (the reads: ``views``). Each change of a claimed task is a write
 conditional on its lease token (the fence), so a run whose lease expired cannot overwrite newer
 state. Knows nothing of HTTP, processes or a specific store: imports ``stores.base``, ``model``,
 ``registry``, ``errors`` and ``timestamps`` only.
@@ -32,6 +32,7 @@ from .registry import Registry
 from .storable import MAX_BSON_BYTES, Unstorable, document_size
 from .stores.base import OrderKey, Store
 from .timestamps import format_timestamp, parse_timestamp, system_now
+from .views import Views, list_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,9 @@ class TaskQueue:
             raise NotFound(f"no task with id {task_id}")
         return task
 
+    # The reads live in ``views``; these delegates keep the scheduler's idle check (and any
+    # caller written against the queue) as it was.
+
     def list(
         self,
         *,
@@ -158,26 +162,12 @@ class TaskQueue:
         limit: int = 100,
         after: OrderKey | None = None,
     ) -> list[Task]:
-        """A page of tasks in queue order; pass the last task's ``order_key`` as ``after``."""
-        if status is not None:
-            try:
-                status = Status(status)
-            except ValueError:
-                accepted = ", ".join(s.value for s in Status)
-                raise ValidationError(
-                    f"unknown status {status!r}; expected one of {accepted}", field="status"
-                ) from None
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
-            raise ValidationError(f"limit must be 1..1000, got {limit!r}", field="limit")
-        return self.store.query(status=status, party=party, limit=limit, after=after)
+        """``views.list_tasks``: a page of tasks in queue order."""
+        return list_tasks(self.store, status=status, party=party, limit=limit, after=after)
 
     def stats(self) -> dict[str, Any]:
-        """Counts per status and per party, the number of due tasks and the oldest one's age."""
-        now = self.clock()
-        stats = self.store.stats(now)
-        oldest = stats.pop("oldest_due")
-        stats["oldest_due_seconds"] = None if oldest is None else (now - oldest).total_seconds()
-        return stats
+        """``Views.stats``: counts, due tasks, the oldest one's age, ``no_handler``, ``pruned``."""
+        return Views(self.store, self.registry, clock=self.clock).stats()
 
     def next_run_at(self) -> datetime | None:
         """When the earliest queued task becomes due (None when nothing is queued)."""

@@ -20,7 +20,7 @@ LAYERS = {
     "errors": 0, "timestamps": 0, "channel": 0, "storable": 0, "schedule": 0,
     "model": 1, "handler": 1,
     "stores": 2, "registry": 2,
-    "queue": 3, "admission": 3,
+    "queue": 3, "admission": 3, "views": 3, "metrics": 3,
     "runner": 4,
     "pool": 5,
     # local (party.open) is a way into the queue beside the server and the scheduler: it reads the
@@ -41,6 +41,7 @@ HOMES = {
     "pymongo": ("stores/mongo",),
     "bson": ("stores/mongo", "model.py", "stores/sqlite.py"),
     "multiprocessing": ("pool/",),
+    "prometheus_client": ("metrics.py",),
     "cronsim": ("schedule.py",),
     "signal": ("server/listen.py", "scheduler/main.py", "cli.py", "up.py", "pool/"),
 }

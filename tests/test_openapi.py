@@ -14,6 +14,7 @@ from party.registry import discover
 from party.server import openapi, wire
 from party.server.app import make_app
 from party.stores.sqlite import SqliteStore
+from party.views import Live
 from tests.serving import HANDLERS, ROOT, Contract, ServerThread, contract
 
 COMMITTED = ROOT / "docs" / "openapi.json"
@@ -127,6 +128,7 @@ def _task(**changes):
     return Task(**fields)
 
 
+WHY = Live(at=datetime(2030, 1, 1)).waiting
 TASKS = [
     _task(),
     _task(status=Status.RUNNING, attempts=1, started_on=datetime(2030, 1, 1)),
@@ -157,11 +159,11 @@ TASKS = [
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.status.value)
 def test_encoded_tasks_of_every_kind_match_the_task_shape(task):
     check = contract().violation
-    body = wire.dumps(wire.encode_task(task))
+    body = wire.dumps(wire.encode_task(task, WHY))
     assert check("GET", "/task/" + task.id, 200, "application/json", body) is None
-    many = wire.dumps_tasks([task] * 10)
+    many = wire.dumps_tasks([task] * 10, WHY)
     assert check("POST", "/tasks", 201, "application/json", many) is None
-    page = wire.dumps(wire.encode_page([task] * 3, 3))
+    page = wire.dumps(wire.encode_page([task] * 3, 3, WHY))
     assert check("GET", "/tasks", 200, "application/json", page) is None
 
 
@@ -177,13 +179,13 @@ def test_the_task_shape_follows_the_model_table_with_a_meaning_for_each_field():
 def test_the_task_shape_declares_every_field_the_encoder_writes():
     written = set()
     for task in TASKS:
-        written |= set(wire.encode_task(task))
+        written |= set(wire.encode_task(task, WHY))
     assert written == set(wire.TASK.fields)
 
 
 def test_the_contract_catches_an_answer_that_drifts():
     check = Contract(openapi.document()).violation
-    task = wire.encode_task(TASKS[0])
+    task = wire.encode_task(TASKS[0], WHY)
     ok = json.dumps(task).encode()
     assert check("GET", "/task/" + task["_id"], 200, "application/json", ok) is None
     undeclared = json.dumps({**task, "surprise": 1}).encode()

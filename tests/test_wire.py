@@ -8,8 +8,11 @@ import pytest
 from party.errors import ValidationError
 from party.model import Status, Task
 from party.server import wire
+from party.views import Live
 
 ID = "0123456789abcdef01234567"
+#: ``waiting`` as of 2020 with one live scheduler that has the handler Noop.
+WHY = Live(at=datetime(2020, 1, 1), schedulers=({"id": "s", "handlers": ["Noop"]},)).waiting
 
 
 def make_task(**changes):
@@ -26,7 +29,8 @@ def make_task(**changes):
 
 
 def test_queued_task_has_the_contract_fields_and_no_run_details():
-    out = wire.encode_task(make_task())
+    out = wire.encode_task(make_task(), WHY)
+    assert out.pop("waiting")["reason"] == "due"
     assert out == {
         "_id": ID,
         "party": "Noop",
@@ -51,7 +55,7 @@ def test_run_details_appear_once_known():
         lease="secret",
         singleton="k",
     )
-    out = wire.encode_task(task)
+    out = wire.encode_task(task, WHY)
     assert out["started_on"] == "2030-01-01T12:00:01.000000Z"
     assert out["completed_on"] == "2030-01-01T12:00:02.000000Z"
     assert out["result"] is None and out["last_error"] == error
@@ -138,8 +142,8 @@ def test_malformed_cursor_is_refused(bad):
 
 def test_page_has_next_only_when_full():
     tasks = [make_task()]
-    assert wire.encode_page(tasks, limit=2)["next"] is None
-    page = wire.encode_page(tasks, limit=1)
+    assert wire.encode_page(tasks, 2, WHY)["next"] is None
+    page = wire.encode_page(tasks, 1, WHY)
     assert page["next"] == wire.encode_cursor(tasks[0])
     assert json.loads(wire.dumps(page))["tasks"][0]["_id"] == ID
 
@@ -171,7 +175,7 @@ def test_a_batch_encodes_like_single_tasks():
     done = make_task(status=Status.COMPLETED, started_on=datetime(2030, 1, 1), result=1,
                      completed_on=datetime(2030, 1, 1, 0, 0, 1))  # fmt: skip
     tasks = [make_task(id=f"{i:024x}", data={"i": i}) for i in range(10)] + [done]
-    assert wire.encode_tasks(tasks) == [wire.encode_task(t) for t in tasks]
+    assert wire.encode_tasks(tasks, WHY) == [wire.encode_task(t, WHY) for t in tasks]
 
 
 @pytest.mark.parametrize("size", [3, 12])
@@ -185,6 +189,6 @@ def test_dumps_tasks_writes_the_bytes_of_the_encoded_tasks(size):
     ]
     varied[1:3] = [make_task(party="Other", is_recurring=True), make_task(timestamp=later)]
     tasks = [*varied, make_task(last_run_on=later, attempts=2), done, failed, make_task(data={})]
-    body = wire.dumps_tasks(tasks)
-    assert body == wire.dumps([wire.encode_task(t) for t in tasks])
+    body = wire.dumps_tasks(tasks, WHY)
+    assert body == wire.dumps([wire.encode_task(t, WHY) for t in tasks])
     assert json.loads(body)[0]["data"]["s"] == 'é"\\\n'

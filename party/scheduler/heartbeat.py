@@ -7,7 +7,10 @@ reason and the metrics, which sum the counters of every record, live and past: a
 ever grows, and a restarted scheduler starts a new record instead of resetting an old one.
 Counting rules: a finished run counts once, as ``completed``, ``retried`` (failed and queued
 again) or ``failed`` (for good); a run lost to a crash counts when its lease is recovered; a
-hand-back counts nothing. Imports ``model``, ``timestamps`` and the store's contract only.
+hand-back counts nothing. Beside them: runs lost to a crash (``recovered``), workers replaced
+(``worker_restarts``), and the histograms of run durations and start lateness as counts per bucket
+of ``metrics``' buckets. Imports ``model``, ``timestamps``, ``views``, ``metrics`` (its buckets,
+not prometheus_client) and the store's contract only.
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..metrics import HISTOGRAMS, observe
 from ..model import Status, Task
 from ..stores.base import Store
 from ..timestamps import format_timestamp
+from ..views import BEAT_EVERY, DEAD_AFTER
 
-#: Seconds between two beats of a scheduler.
-BEAT_EVERY = 2.0
-#: A scheduler is dead after three missed beats.
-DEAD_AFTER = 3 * BEAT_EVERY
+__all__ = ["BEAT_EVERY", "DEAD_AFTER", "FORGET_AFTER", "Heartbeat", "outcome_of"]
 #: Records of schedulers silent for this long are removed (their counters are past history the
 #: metrics keep only while the record lives; a week covers any scrape gap).
 FORGET_AFTER = timedelta(days=7)
@@ -65,22 +67,50 @@ class Heartbeat:
         self.concurrency = concurrency
         self.handlers = sorted(handlers)
         self.counters: dict[str, dict[str, int]] = {}
+        self.recovered: dict[str, int] = {}
+        #: Histograms by record key (``metrics.HISTOGRAMS``), then by handler.
+        self.histograms: dict[str, dict[str, dict[str, Any]]] = {key: {} for key in HISTOGRAMS}
+        self.worker_restarts = 0
+        self._pids: dict[Any, Any] = {}
         self.running: list[dict[str, Any]] = []
         #: The schedules its handlers declare, by handler (``scheduler.schedules`` fills it).
         self.schedules: dict[str, dict[str, Any]] = {}
         self.stopped: datetime | None = None
         self._next: datetime | None = None
 
-    def count(self, party: str, outcome: Outcome | None) -> None:
-        """Count one finished run of ``party``."""
-        if outcome is not None:
-            per = self.counters.setdefault(party, {})
-            per[outcome] = per.get(outcome, 0) + 1
+    def count(
+        self,
+        party: str,
+        outcome: Outcome | None,
+        duration: float | None = None,
+        late: float | None = None,
+    ) -> None:
+        """Count one finished run of ``party``, its ``duration`` and how ``late`` it started
+        (seconds; None when unknown). A run that counts nothing is not observed either."""
+        if outcome is None:
+            return
+        per = self.counters.setdefault(party, {})
+        per[outcome] = per.get(outcome, 0) + 1
+        for key, value in (("run_seconds", duration), ("lateness", late)):
+            if value is not None:
+                _, buckets, _ = HISTOGRAMS[key]
+                observe(self.histograms[key].setdefault(party, {}), max(value, 0.0), buckets)
 
     def count_recovered(self, tasks: Iterable[Task]) -> None:
         """Count runs lost to a crash, as their recovery left them (queued again or failed)."""
         for task in tasks:
             self.count(task.party, "retried" if task.status == Status.QUEUED else "failed")
+            self.recovered[task.party] = self.recovered.get(task.party, 0) + 1
+
+    def watch_workers(self, activity: Iterable[dict[str, Any]]) -> None:
+        """Note the pid of each worker slot (``WorkerPool.activity``): a slot whose pid changed
+        holds a replacement, counted in ``worker_restarts``."""
+        for worker in activity:
+            index, pid = worker.get("worker"), worker.get("pid")
+            known = self._pids.get(index)
+            if known is not None and known != pid:
+                self.worker_restarts += 1
+            self._pids[index] = pid
 
     def record(self, now: datetime) -> dict[str, Any]:
         """The record as the store keeps it (JSON: times as ISO strings)."""
@@ -95,6 +125,9 @@ class Heartbeat:
             "running": self.running,
             "schedules": self.schedules,
             "runs": self.counters,
+            "recovered": self.recovered,
+            "worker_restarts": self.worker_restarts,
+            **self.histograms,
             "beat_every": BEAT_EVERY,
             "stopped": None if self.stopped is None else format_timestamp(self.stopped),
         }

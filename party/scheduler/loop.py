@@ -99,7 +99,8 @@ class Scheduler:
         if self.heartbeat is not None:
             for item in tick.finished:
                 if not item.released:
-                    self.heartbeat.count(item.task.party, outcome_of(item.status, item.error))
+                    self.heartbeat.count(item.task.party, outcome_of(item.status, item.error),
+                                         item.duration, item.late)  # fmt: skip
         self.queue.store.maintain()
         if self._next_recover is None or now >= self._next_recover:
             while True:  # a crashed scheduler may have left more than one batch
@@ -111,7 +112,7 @@ class Scheduler:
         if self._next_orphans is None or now >= self._next_orphans:
             # A dead process of this host (a crashed scheduler's workers) holds these leases:
             # taken back at once instead of one lease later.
-            self._recovered(self.queue.recover_orphans(self._orphaned, now=now), tick)
+            self._recovered(self.queue.recover_orphans(self.is_gone, now=now), tick)
             self._next_orphans = now + timedelta(seconds=ORPHAN_EVERY)
         if self.heartbeat is not None and self.heartbeat.due(now):
             self.heartbeat.running = self._running()
@@ -119,11 +120,6 @@ class Scheduler:
         if self.schedules is not None and self.schedules.due(now):
             self.schedules.tick(now)
         return tick
-
-    def _orphaned(self, who: str) -> bool:
-        # A worker of this pool that died is the pool's to account for (its unstarted tasks go
-        # back without an attempt): only owners that are not among its workers are taken here.
-        return self.is_gone(who) and owner.pid_of(who) not in self.pool.pids
 
     def _recovered(self, tasks: list[Task], tick: Tick) -> None:
         tick.recovered += len(tasks)
@@ -133,7 +129,10 @@ class Scheduler:
     def _running(self) -> list[dict[str, Any]]:
         """What runs where, as the heartbeat shows it."""
         running = []
-        for worker in self.pool.activity():
+        activity = self.pool.activity()
+        if self.heartbeat is not None:
+            self.heartbeat.watch_workers(activity)
+        for worker in activity:
             task = worker["task"]
             if isinstance(task, dict):
                 since = datetime.fromtimestamp(float(task["since"]), UTC).replace(tzinfo=None)

@@ -16,19 +16,25 @@ from tornado.httputil import HTTPMessageDelegate, HTTPServerRequest
 from tornado.web import Application, RequestHandler
 
 from ..config import Settings
+from ..metrics import ServerCounters
 from ..queue import TaskQueue
 from ..registry import Registry
+from ..views import Views
+from . import dashboard
 from .handlers import (
     AddTasks,
     HealthHandler,
+    MetricsHandler,
     NotFoundHandler,
     OpenAPIHandler,
     Runner,
+    SchedulersHandler,
     StatsHandler,
     TaskHandler,
     TasksHandler,
     log_request,
 )
+from .liveness import LiveCache
 from .offload import StoreCalls
 from .pipeline import Context
 from .probes import HealthCheck, StatsCache
@@ -44,12 +50,16 @@ def make_app(
     """
     if registry is not queue.registry:
         raise ValueError("make_app: the registry must be the queue's own")
+    views = Views(queue.store, registry, clock=queue.clock)
     ctx = Context(
         queue=queue,
         runner=runner,
         calls=StoreCalls(queue.store),
-        stats=StatsCache(queue.stats),
+        stats=StatsCache(views.stats),
         health=HealthCheck(queue.store.check_writable),
+        views=views,
+        live=LiveCache(views),
+        counters=ServerCounters(),
         max_body=settings.max_body,
         max_batch=settings.max_batch,
         token=settings.token,
@@ -62,6 +72,9 @@ def make_app(
             (r"/task/([^/]*)/?", TaskHandler, shared),
             (r"/stats/?", StatsHandler, shared),
             (r"/health/?", HealthHandler, shared),
+            (r"/schedulers/?", SchedulersHandler, shared),
+            (r"/metrics/?", MetricsHandler, shared),
+            *dashboard.routes(ctx),
             (r"/openapi\.json", OpenAPIHandler, shared),
         ],
         default_handler_class=NotFoundHandler,

@@ -33,10 +33,12 @@ from tornado.httputil import (
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from .. import log
+from .. import log, metrics
 from ..errors import StoreBusy, StoreUnavailable, TaskException
 from ..model import Status, Task
+from ..views import Live
 from . import openapi, wire
+from .liveness import why
 from .pipeline import (
     DRAIN_LIMIT,
     ApiError,
@@ -173,8 +175,12 @@ def _overrides(handler: RequestHandler, method: str) -> bool:
 
 def try_add_inline(ctx: Context, body: bytes) -> bytes | None:
     """The answer to adding ``body``'s tasks, done on the event loop; None when it must go to a
-    store thread (a large body or batch, a store whose writes are remote, or a lock taken)."""
+    store thread (a large body or batch, a store whose writes are remote, or a lock taken), or
+    before the server's first look at the live schedulers (the ``waiting`` of the answer)."""
     if len(body) > INLINE_BODY or not ctx.calls.can_inline():
+        return None
+    live = ctx.live.peek()
+    if live is None:
         return None
     items = wire.parse_tasks(wire.loads(body), ctx.max_batch)
     if len(items) > INLINE_ITEMS:
@@ -184,25 +190,26 @@ def try_add_inline(ctx: Context, body: bytes) -> bytes | None:
     except StoreBusy:
         return None
     ctx.stats.wrote()
-    return wire.dumps_tasks(tasks)
+    return wire.dumps_tasks(tasks, why(live))
 
 
 async def add_tasks(ctx: Context, body: bytes) -> bytes:
     """The answer (JSON of the added tasks) to ``POST /tasks`` with ``body``."""
     answer = try_add_inline(ctx, body)
     if answer is None:
-        answer = await ctx.calls(_add_in_thread, ctx, body)
+        live = ctx.live.peek() or await ctx.live.get()
+        answer = await ctx.calls(_add_in_thread, ctx, body, live)
         ctx.stats.wrote()
     return answer
 
 
-def _add_in_thread(ctx: Context, body: bytes) -> bytes:
+def _add_in_thread(ctx: Context, body: bytes, live: Live) -> bytes:
     if len(body) > INLINE_BODY:
         items = wire.parse_tasks_body(body, ctx.max_batch)
     else:
         items = wire.parse_tasks(wire.loads(body), ctx.max_batch)
     del body
-    return wire.dumps_tasks(ctx.queue.add(items))
+    return wire.dumps_tasks(ctx.queue.add(items), why(live))
 
 
 class TasksHandler(JSONHandler):
@@ -215,8 +222,8 @@ class TasksHandler(JSONHandler):
 
     async def get(self) -> None:
         query = wire.parse_list_query(self.request.query_arguments)
-        tasks = await self.ctx.calls(lambda: self.queue.list(**query), writes=False)
-        self.send_json(wire.encode_page(tasks, query["limit"]))
+        tasks = await self.ctx.calls(lambda: self.ctx.views.list(**query), writes=False)
+        self.send_json(wire.encode_page(tasks, query["limit"], why(await self.ctx.live.get())))
 
 
 class TaskHandler(JSONHandler):
@@ -224,12 +231,16 @@ class TaskHandler(JSONHandler):
 
     async def get(self, task_id: str) -> None:
         task = await self.ctx.calls(self.queue.get, wire.check_id(task_id), writes=False)
-        self.send_json(wire.encode_task(task))
+        await self.send_task(task)
+
+    async def send_task(self, task: Task) -> None:
+        """Finish with ``task`` and its ``waiting``."""
+        self.send_json(wire.encode_task(task, why(await self.ctx.live.get())))
 
     async def delete(self, task_id: str) -> None:
         task = await self.ctx.calls(self.queue.delete, wire.check_id(task_id))
         self.ctx.stats.wrote()
-        self.send_json(wire.encode_task(task))
+        await self.send_task(task)
 
     async def post(self, task_id: str) -> None:
         wire.check_id(task_id)
@@ -239,7 +250,7 @@ class TaskHandler(JSONHandler):
         # The run happens in a warm worker process; the event loop serves other requests meanwhile.
         await self.ctx.runner(task)
         self.ctx.stats.wrote()
-        self.send_json(wire.encode_task(await self.ctx.calls(self.queue.get, task_id)))
+        await self.send_task(await self.ctx.calls(self.queue.get, task_id))
 
 
 class StatsHandler(JSONHandler):
@@ -248,6 +259,29 @@ class StatsHandler(JSONHandler):
 
     async def get(self) -> None:
         self.send_json(await self.ctx.stats.get())
+
+
+class SchedulersHandler(JSONHandler):
+    """``GET /schedulers``: the live schedulers (a beat within ``views.DEAD_AFTER``, not stopped),
+    each with what its workers run."""
+
+    async def get(self) -> None:
+        live = await self.ctx.live.get()
+        self.send_json({"schedulers": [wire.encode_scheduler(r) for r in live.schedulers]})
+
+
+class MetricsHandler(JSONHandler):
+    """``GET /metrics``: Prometheus text format 0.0.4, or OpenMetrics when ``Accept`` asks."""
+
+    async def get(self) -> None:
+        figures = await self.ctx.calls(metrics.sample, self.ctx.views, writes=False)
+        body, content_type = metrics.render(
+            figures,
+            self.ctx.counters,
+            openmetrics=metrics.wants_openmetrics(self.request.headers.get("Accept")),
+        )
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 class HealthHandler(JSONHandler):
@@ -277,10 +311,23 @@ class NotFoundHandler(JSONHandler):
 
 def log_request(handler: RequestHandler) -> None:
     """The one log line of a request: status, method, path, duration and any error message."""
-    _log_access(handler.get_status(), handler.request, getattr(handler, "error_message", None))
+    ctx = getattr(handler, "ctx", None)
+    _log_access(
+        handler.get_status(),
+        handler.request,
+        getattr(handler, "error_message", None),
+        None if ctx is None else ctx.counters,
+    )
 
 
-def _log_access(status: int, request: HTTPServerRequest, message: str | None) -> None:
+def _log_access(
+    status: int,
+    request: HTTPServerRequest,
+    message: str | None,
+    counters: metrics.ServerCounters | None = None,
+) -> None:
+    if counters is not None:
+        counters.request(request.method or "", status, request.path)
     level = logging.INFO if status < 500 else logging.ERROR
     if status == 503:
         level = logging.WARNING  # the store or the server cannot serve now: not a bug
@@ -382,7 +429,7 @@ class AddTasks(HTTPMessageDelegate):
             connection.finish()
         except StreamClosedError:  # the client went away while the answer was prepared
             return
-        _log_access(status, request, message)
+        _log_access(status, request, message, self.ctx.counters)
 
     def on_connection_close(self) -> None:
         self._chunks = []

@@ -26,13 +26,16 @@ from .wire import Field, Shape
 @dataclass(frozen=True)
 class Answer:
     """One answer of an operation: JSON of the shape named ``shape`` (an array of them when
-    ``array``), headers it carries (name -> description) and links to operations it leads to."""
+    ``array``), headers it carries (name -> description) and links to operations it leads to.
+    ``media`` other than JSON (``{type: description}``) is a text answer instead (the metrics,
+    the dashboard's HTML)."""
 
     description: str
     shape: str = "Error"
     array: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
     links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    media: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,16 @@ class Operation:
     body_required: bool = True
     query: Mapping[str, Field] = field(default_factory=dict)
     token: bool = True
+    #: Request headers the operation reads (name -> what it means).
+    headers: Mapping[str, Field] = field(default_factory=dict)
 
 
 #: Parameters of the paths, by the name the templates give them.
 PATH_PARAMS: Mapping[str, Field] = {
     "id": Field(wire.TASK_ID, "the task's '_id' (24 lowercase hex characters)"),
+    "file": Field({"type": "string"}, "a file of the dashboard's static folder"),
+    # The dashboard's task pages take any text (a malformed id is a page saying so).
+    "task": Field({"type": "string"}, "the task's '_id'"),
 }
 
 #: Answers any request may get (401 only where the token is needed).
@@ -81,6 +89,92 @@ _TASK_LINKS = {
     "DeleteTask": {"operationId": "deleteTask", "parameters": _BY_ID},
 }
 _FIRST_ID = {"id": "$response.body#/0/_id"}
+
+_HTML = {"text/html": "an HTML page"}
+_PAGE = {200: Answer("The page.", media=_HTML), 400: Answer("A malformed id.", media=_HTML),
+         404: Answer("No such task.", media=_HTML),
+         303: Answer("No session: to /ui/login.", media=_HTML,
+                     headers={"Location": "/ui/login"})}  # fmt: skip
+_ACTION = {303: Answer("Done: to the page that shows the result.", media=_HTML,
+           headers={"Location": "the next page"}),
+           401: Answer("No session.", media=_HTML)}  # fmt: skip
+_UI = "A page of the web dashboard (HTML for a browser; the session cookie stands for the token)."
+#: The dashboard's pages (``server.dashboard``): HTML, behind the session cookie, not for scripts.
+DASHBOARD: tuple[Operation, ...] = (
+    Operation(
+        "get",
+        "/ui/login",
+        "dashboardLogin",
+        "The login form",
+        {200: Answer("The form.", media=_HTML)},
+        description=_UI,
+        token=False,
+    ),  # fmt: skip
+    Operation(
+        "post",
+        "/ui/login",
+        "dashboardLogIn",
+        "Log in with the token",
+        {
+            303: Answer(
+                "Logged in: the session cookie (HttpOnly, SameSite=Strict) is set.", media=_HTML
+            ),
+            401: Answer("A wrong token.", media=_HTML),
+        },
+        description=_UI,
+        token=False,
+    ),  # fmt: skip
+    Operation(
+        "post", "/ui/logout", "dashboardLogOut", "Log out", _ACTION, description=_UI, token=False
+    ),  # fmt: skip
+    Operation(
+        "get", "/ui/tasks", "dashboardTasks", "The task list", _PAGE, description=_UI, token=False
+    ),  # fmt: skip
+    Operation(
+        "get", "/ui/task/{task}", "dashboardTask", "One task", _PAGE, description=_UI, token=False
+    ),  # fmt: skip
+    Operation(
+        "post",
+        "/ui/task/{task}/run",
+        "dashboardRun",
+        "Run now",
+        _ACTION,
+        description=_UI,
+        token=False,
+    ),  # fmt: skip
+    Operation(
+        "post",
+        "/ui/task/{task}/delete",
+        "dashboardDelete",
+        "Delete",
+        _ACTION,
+        description=_UI,
+        token=False,
+    ),  # fmt: skip
+    Operation(
+        "get",
+        "/ui/schedulers",
+        "dashboardSchedulers",
+        "The live schedulers",
+        _PAGE,
+        description=_UI,
+        token=False,
+    ),  # fmt: skip
+    Operation(
+        "get",
+        "/ui/static/{file}",
+        "dashboardStatic",
+        "The dashboard's CSS and script",
+        {
+            200: Answer(
+                "The file.",
+                media={"text/css": "the stylesheet", "application/javascript": "the script"},
+            ),
+            404: Answer("No such file.", media=_HTML),
+        },
+        token=False,
+    ),  # fmt: skip
+)
 
 #: Every endpoint, in the order the document lists them.
 OPERATIONS: tuple[Operation, ...] = (
@@ -177,11 +271,57 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get",
+        "/schedulers",
+        "listSchedulers",
+        "The live schedulers and what their workers run",
+        {200: Answer("The schedulers whose last beat is within three beats.", "Schedulers")},
+        description="From the heartbeat each scheduler writes to the store every 2 s; a stopped "
+        "scheduler, or one silent for 6 s, is not listed.",
+    ),
+    Operation(
+        "get",
+        "/metrics",
+        "getMetrics",
+        "Prometheus metrics of the whole deployment",
+        {
+            200: Answer(
+                "The scrape (series and buckets: docs/metrics.md).",
+                media={
+                    "text/plain; version=0.0.4": "Prometheus text format 0.0.4 (the default)",
+                    "application/openmetrics-text; version=1.0.0": "OpenMetrics, when the "
+                    "Accept header asks for it",
+                },
+            )
+        },
+        description="Gauges from the store, run counters and histograms summed over the "
+        "heartbeats of every scheduler of the store (live and past), and this server's "
+        "request counters.",
+    ),
+    Operation(
+        "get",
+        "/ui",
+        "getDashboard",
+        "The web dashboard (HTML)",
+        {
+            200: Answer("The overview page.", media={"text/html": "an HTML page"}),
+            303: Answer(
+                "No session: to the login form /ui/login.",
+                media={"text/html": "empty"},
+                headers={"Location": "/ui/login"},
+            ),
+        },
+        description="Pages below /ui (login, tasks, task, schedulers) are HTML for a browser; "
+        "with a token, a login form sets an HttpOnly, SameSite=Strict session cookie.",
+        token=False,
+    ),
+    Operation(
+        "get",
         "/openapi.json",
         "getOpenAPI",
         "This document",
         {200: Answer("The OpenAPI 3.1 document of the API.", "OpenAPI")},
     ),
+    *DASHBOARD,
 )
 
 
@@ -224,6 +364,11 @@ def _answer(answer: Answer) -> dict[str, Any]:
         "description": answer.description,
         "content": _content({"type": "array", "items": schema} if answer.array else schema),
     }
+    if answer.media:
+        out["content"] = {
+            media: {"schema": {"type": "string", "description": text}}
+            for media, text in answer.media.items()
+        }
     if answer.headers:
         out["headers"] = {
             name: {"description": text, "schema": {"type": "string"}}
@@ -248,6 +393,7 @@ def _operation(op: Operation) -> dict[str, Any]:
         if "{" + name + "}" in op.path
     ]
     params += [_parameter("query", name, f) for name, f in op.query.items()]
+    params += [_parameter("header", name, f) for name, f in op.headers.items()]
     if params:
         out["parameters"] = params
     if op.body is not None:

@@ -27,8 +27,11 @@ from ..errors import Conflict, NotFound, StoreUnavailable, TaskException, Valida
 from ..log import redact
 
 if TYPE_CHECKING:
+    from ..metrics import ServerCounters
     from ..queue import TaskQueue
+    from ..views import Views
     from .handlers import Runner
+    from .liveness import LiveCache
     from .offload import StoreCalls
     from .probes import HealthCheck, StatsCache
 
@@ -60,6 +63,10 @@ class Context:
     calls: StoreCalls
     stats: StatsCache
     health: HealthCheck
+    #: The reads (``views``), the live schedulers for ``waiting``, and this server's counters.
+    views: Views
+    live: LiveCache
+    counters: ServerCounters
     max_body: int
     max_batch: int
     token: str | None = None

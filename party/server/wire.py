@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,7 @@ from ..errors import ValidationError
 from ..model import ALL_STATUSES, TASK_FIELDS, FieldSpec, Kind, Task, Wire, is_valid_id
 from ..storable import INT64_MAX
 from ..timestamps import format_timestamp, from_micros, to_micros
+from ..views import BEAT_EVERY, REASONS
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -138,7 +139,63 @@ TASK = Shape(
     "A task. Fields that are not required appear once known.",
     {
         **{s.wire_name: _task_field(s) for s in TASK_FIELDS if s.wire is not Wire.NEVER},
+        "waiting": Field(
+            nullable(ref("Waiting")),
+            "why it is not running, or where it runs; null once completed, failed or deleted",
+        ),
     },
+)
+#: ``views.waiting``: one of ``views.REASONS``, the first that applies in that order.
+WAITING = Shape(
+    "Why a queued task is not running yet, or where a running one runs.",
+    {
+        "reason": Field(
+            {"type": "string", "enum": list(REASONS)},
+            "running: a worker runs it; no_handler: no live scheduler has its handler; "
+            "scheduled: its timestamp is ahead; retry_delay: a failed run's retry waits; "
+            "limited: its handler is at max_running; due: waiting for a free worker",
+        ),
+        "until": Field(
+            nullable(TIME), "when the reason ends (the lease's end for running), when known"
+        ),
+        "detail": Field({"type": "string"}, "one sentence for a person"),
+    },
+)
+RUN_NOW = Shape(
+    "A run in progress on a scheduler's worker.",
+    {
+        "_id": Field(TASK_ID, "the task's id"),
+        "party": Field({"type": "string"}, "its handler"),
+        "since": Field(TIME, "when the run started"),
+        "worker": Field({"type": "integer"}, "the worker's index in its scheduler", False),
+        "pid": Field({"type": "integer"}, "the worker's process id", False),
+    },
+)
+SCHEDULER = Shape(
+    "A live scheduler, from its latest heartbeat.",
+    {
+        "id": Field({"type": "string"}, "the scheduler's id (new at each start)"),
+        "host": Field({"type": "string"}, "the host it runs on"),
+        "pid": Field({"type": "integer"}, "its process id"),
+        "started": Field(TIME, "when it started"),
+        "heartbeat": Field(TIME, "its latest beat"),
+        "workers": Field(_COUNT, "its worker processes"),
+        "concurrency": Field(_COUNT, "runs at once in each worker"),
+        "handlers": Field({"type": "array", "items": {"type": "string"}}, "handlers it loaded"),
+        "running": Field({"type": "array", "items": ref("RunNow")}, "what its workers run"),
+        "runs": Field(
+            {
+                "type": "object",
+                "additionalProperties": {"type": "object", "additionalProperties": _COUNT},
+            },
+            "its finished runs by handler, then outcome (completed, retried, failed)",
+        ),  # fmt: skip
+        "beat_every": Field({"type": "number"}, "seconds between its beats"),
+    },
+)
+SCHEDULERS = Shape(
+    "The live schedulers on the store (a beat within three beats, not stopped).",
+    {"schedulers": Field({"type": "array", "items": ref("Scheduler")}, "oldest start first")},
 )
 TASK_ERROR = Shape(
     "How a run failed.",
@@ -249,11 +306,16 @@ SHAPES: Mapping[str, Shape] = {
     "RunTask": RUN,
     "Page": PAGE,
     "Stats": STATS,
+    "Waiting": WAITING,
+    "RunNow": RUN_NOW,
+    "Scheduler": SCHEDULER,
+    "Schedulers": SCHEDULERS,
     "Health": HEALTH,
     "Error": ERROR,
 }
 
 _ITEM_FIELD_SET = frozenset(ITEM_FIELDS)
+
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _encode = _encoder.encode
 _encode_str = json.encoder.encode_basestring
@@ -411,8 +473,13 @@ def check_id(task_id: str) -> str:
     return task_id
 
 
-def encode_task(task: Task) -> dict[str, Any]:
-    """The JSON object of one task; run details appear once the task has run."""
+#: Why a task is not running (``views.waiting`` over one read of the live schedulers).
+Why = Callable[[Task], "dict[str, Any] | None"]
+
+
+def encode_task(task: Task, why: Why) -> dict[str, Any]:
+    """The JSON object of one task; run details appear once the task has run. ``why`` gives its
+    ``waiting`` (``views.Live.waiting``, or ``views.waiting`` bound to a snapshot and a time)."""
     out: dict[str, Any] = {
         "_id": task.id,
         "party": task.party,
@@ -431,13 +498,14 @@ def encode_task(task: Task) -> dict[str, Any]:
         out["completed_on"] = format_timestamp(task.completed_on)
     if task.last_error is not None:
         out["last_error"] = task.last_error
+    out["waiting"] = why(task)
     return out
 
 
-def encode_tasks(tasks: Sequence[Task]) -> list[dict[str, Any]]:
+def encode_tasks(tasks: Sequence[Task], why: Why) -> list[dict[str, Any]]:
     """The JSON array of several tasks, in the given order."""
     if len(tasks) < 8:
-        return [encode_task(task) for task in tasks]
+        return [encode_task(task, why) for task in tasks]
     # A batch shares its ``created`` time and often its timestamps: format each value once.
     formatted: dict[datetime, str] = {}
 
@@ -459,34 +527,36 @@ def encode_tasks(tasks: Sequence[Task]) -> list[dict[str, Any]]:
             "status": task.status.value,
             "is_recurring": task.is_recurring,
             "last_run_on": format_timestamp(task.last_run_on),
+            "waiting": why(task),
         }
         if task.started_on is not None or task.completed_on is not None or task.last_error:
-            item = encode_task(task)
+            item = encode_task(task, why)
         out.append(item)
     return out
 
 
-def dumps_tasks(tasks: Sequence[Task]) -> bytes:
-    """``dumps(encode_tasks(tasks))``, written directly for a batch of tasks that have not run.
+def dumps_tasks(tasks: Sequence[Task], why: Why) -> bytes:
+    """``dumps(encode_tasks(tasks, why))``, written directly for a batch of tasks that have not run.
 
     A batched ``POST /tasks`` echoes every task it added, and encoding a thousand objects of nine
     fields cost as much as inserting them. Here what the tasks of a batch share (the party, the
     times, the status) is encoded once, and each task adds its id and its data.
     """
     if len(tasks) < 8 or _encode_chunks is None:
-        return dumps(encode_tasks(tasks))
+        return dumps(encode_tasks(tasks, why))
     heads: dict[str, str] = {}
     tails: dict[tuple[Any, ...], str] = {}
     parts = []
     for task in tasks:
         if task.started_on is not None or task.completed_on is not None or task.last_error:
-            parts.append(_encode(encode_task(task)))
+            parts.append(_encode(encode_task(task, why)))
             continue
         head = heads.get(task.party)
         if head is None:
             head = heads[task.party] = ',"party":' + _encode_str(task.party) + ',"data":'
+        # ``waiting`` of a task that has not run depends on its party and times only.
         shared = (task.timestamp, task.created, task.attempts, task.status, task.is_recurring,
-                  task.last_run_on)  # fmt: skip
+                  task.last_run_on, task.party, task.run_at)  # fmt: skip
         tail = tails.get(shared)
         if tail is None:
             rest = {
@@ -496,6 +566,7 @@ def dumps_tasks(tasks: Sequence[Task]) -> bytes:
                 "status": task.status.value,
                 "is_recurring": task.is_recurring,
                 "last_run_on": format_timestamp(task.last_run_on),
+                "waiting": why(task),
             }
             tail = tails[shared] = "," + _encode(rest)[1:]
         data = "".join(_encode_chunks(task.data, 0))
@@ -503,14 +574,38 @@ def dumps_tasks(tasks: Sequence[Task]) -> bytes:
     return ("[" + ",".join(parts) + "]").encode()
 
 
-def encode_page(tasks: Sequence[Task], limit: int) -> dict[str, Any]:
+#: The fields of a run in progress in ``GET /schedulers``.
+RUN_FIELDS = ("_id", "party", "since", "worker", "pid")
+
+
+def encode_scheduler(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A scheduler's heartbeat record as ``GET /schedulers`` shows it."""
+    runs = record.get("runs") or {}
+    return {
+        "id": record["id"],
+        "host": record.get("host"),
+        "pid": record.get("pid"),
+        "started": record.get("started"),
+        "heartbeat": format_timestamp(record["heartbeat"]),
+        "workers": record.get("workers"),
+        "concurrency": record.get("concurrency") or 1,
+        "handlers": list(record.get("handlers") or []),
+        "running": [
+            {k: run[k] for k in RUN_FIELDS if k in run} for run in record.get("running") or []
+        ],
+        "runs": {party: dict(counts) for party, counts in runs.items()},
+        "beat_every": record.get("beat_every") or BEAT_EVERY,
+    }
+
+
+def encode_page(tasks: Sequence[Task], limit: int, why: Why) -> dict[str, Any]:
     """A page of ``GET /tasks``: ``{"tasks": [...], "next": cursor or null}``.
 
     ``next`` is set when the page is full; pass it back as ``after`` for the next page (which may
     be empty).
     """
     cursor = encode_cursor(tasks[-1]) if len(tasks) == limit and tasks else None
-    return {"tasks": encode_tasks(tasks), "next": cursor}
+    return {"tasks": encode_tasks(tasks, why), "next": cursor}
 
 
 def encode_cursor(task: Task) -> str:
