@@ -19,6 +19,7 @@ class Fault:
     skip: int = 0  # calls let through before this fault fires
     hook: Callable[..., Any] | None = None  # run before the call (when error is None: only that)
     keep: int = 1  # "inside": how many of an update_many's ids are updated before the error
+    match: Callable[..., bool] | None = None  # fire only on calls whose arguments it accepts
 
 
 class FaultyCollection:
@@ -37,9 +38,11 @@ class FaultyCollection:
     def called(self, method: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         return [(a, k) for name, a, k in self.calls if name == method]
 
-    def _take(self, method: str) -> Fault | None:
+    def _take(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Fault | None:
         for fault in self.faults:
-            if fault.method == method and fault.times > 0:
+            if fault.method != method or fault.times <= 0:
+                continue
+            if fault.match is None or fault.match(*args, **kwargs):
                 if fault.skip:
                     fault.skip -= 1
                     return None
@@ -54,7 +57,7 @@ class FaultyCollection:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls.append((name, args, kwargs))
-            fault = self._take(name)
+            fault = self._take(name, args, kwargs)
             if fault is None:
                 return attr(*args, **kwargs)
             if fault.hook is not None:

@@ -42,10 +42,13 @@ def raw(request):
         return
     if not MONGODB_URI:
         pytest.skip("set PARTY_TEST_MONGODB_URI=mongodb://host:port/db to test a real MongoDB")
-    store = MongoStore.from_url(MONGODB_URI, collection=f"tasks_{uuid.uuid4().hex[:8]}")
-    yield store._tasks
-    store._tasks.drop()
-    store.close()
+    from party.stores.mongo import connect
+
+    # A collection without Party's indexes, as mongomock's is: each test opens its stores.
+    client, tasks = connect(MONGODB_URI, collection=f"tasks_{uuid.uuid4().hex[:8]}")
+    yield tasks
+    tasks.drop()
+    client.close()
 
 
 @pytest.fixture
@@ -99,9 +102,13 @@ def test_a_batch_add_cut_short_by_a_failover_leaves_nothing_behind(faulty, metho
 # -- 2. claims are never orphaned; replayed writes that landed count ----------------------------
 
 
+def _is_claim(query, update, *args, **kwargs):
+    return "$inc" in update and update["$inc"].get("attempts") == 1
+
+
 def _fail_claim_writes(faulty, when, error, **kw):
     for method in ("find_one_and_update", "update_many"):  # whichever the claim uses
-        faulty.fail(method, when, error, **kw)
+        faulty.fail(method, when, error, match=_is_claim, **kw)
 
 
 def test_a_claim_whose_answer_was_lost_hands_its_task_back_at_once(faulty):
@@ -325,7 +332,7 @@ def test_a_claim_that_loses_every_race_for_the_head_still_takes_due_tasks(raw, f
     store.insert_many([make(at=T0 - timedelta(seconds=30 - i)) for i in range(20)])
     for method in ("find_one_and_update", "update_many"):
         # Before each write of the claim, another scheduler takes the three tasks at the head.
-        faulty.fail(method, "before", None, times=20,
+        faulty.fail(method, "before", None, times=20, match=_is_claim,
                     hook=lambda: rival.claim(3, T0, lease_at(), "rival"))  # fmt: skip
     won = store.claim(3, T0, lease_at(), "mine")
     assert len(won) == 3 and all(t.lease == "mine" for t in won)
@@ -388,6 +395,37 @@ def test_each_query_of_the_api_uses_an_index(raw):
     assert plan({"status": "failed", "party": "A"}, ORDER)
     assert plan(due(T0), ORDER)
     store.close()
+
+
+def test_a_task_waiting_out_a_retry_delay_is_outside_the_claims_index_range(faulty):
+    store = MongoStore(faulty)
+    info = faulty.index_information()["tasks_ready"]
+    assert info["partialFilterExpression"] == {"status": "queued", "ready": True}
+    waiting, due_one = store.insert_many([make(at=T0 - timedelta(seconds=9)), make()])
+    (claimed,) = store.claim(1, T0, lease_at(), "tok")
+    retry = {"status": Status.QUEUED, "run_at": T0 + timedelta(seconds=5), "lease": None,
+             "lease_expires": None}  # fmt: skip
+    assert store.update(Write(claimed.id, retry, lease="tok")) is not None
+    faulty.calls.clear()
+    assert [t.id for t in store.claim(5, T0, lease_at(), "t2")] == [due_one.id]
+    claims = [args[0] for args, _ in faulty.called("find_one_and_update")]
+    assert claims and all(query.get("ready") is True for query in claims)  # the index's range
+    later = T0 + timedelta(seconds=5)
+    assert [t.id for t in store.claim(5, later, lease_at(later), "t3")] == [waiting.id]
+
+
+def test_queued_tasks_written_before_the_ready_mark_stay_claimable(raw):
+    at = T0 - timedelta(seconds=1)
+    old = {"party": "Noop", "data": {}, "timestamp": at, "created": at, "run_at": at,
+           "attempts": 0, "status": "queued"}  # fmt: skip
+    delayed = {**old, "run_at": T0 + timedelta(seconds=5), "attempts": 1}
+    MongoStore(raw)
+    raw.drop_index("tasks_ready")  # a collection of the store before the mark
+    raw.drop_index("tasks_delayed")
+    raw.insert_many([dict(old), delayed])
+    store = MongoStore(raw)
+    assert len(store.claim(5, T0, lease_at(), "tok")) == 1
+    assert len(store.claim(5, T0 + timedelta(seconds=5), lease_at(), "t2")) == 1
 
 
 # -- 10. an id clash is not a singleton conflict -------------------------------------------------

@@ -75,3 +75,20 @@ def test_a_lease_carries_its_owner_after_the_random_token(store, registry, clock
     lease = queue.claim_now(task.id).lease
     random, _, who = lease.partition("~")
     assert len(random) == 24 and who == owner.identity() and str(os.getpid()) in who
+
+
+@pytest.mark.processes
+def test_a_scheduler_leaves_its_own_dead_workers_leases_to_its_pool(store, registry, clock):
+    from party.scheduler import Scheduler
+
+    class Pool:  # stands for a pool that has not yet noticed its worker died
+        pids = []
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = owner.identity(proc.pid)
+    proc.wait()
+    scheduler = Scheduler(TaskQueue(store, registry, clock=clock), Pool())
+    assert scheduler._orphaned(dead)
+    Pool.pids = [proc.pid]
+    # The pool fails the run and hands back the unstarted tasks without an attempt: not this pass.
+    assert not scheduler._orphaned(dead)

@@ -193,7 +193,9 @@ def test_worker_calling_os_exit_is_replaced_and_its_task_retried(sched):
     wait_until(lambda: sched.queue.get(task.id).status == Status.COMPLETED, 15, "the retry")
     assert [run["attempts"] for run in sched.runs()] == [1, 2]
     assert sched.queue.get(task.id).result == "survived"
-    assert "exited with code 7; starting a new one" in stderr_of(proc)
+    wait_until(
+        lambda: "exited with code 7; starting a new one" in stderr_of(proc), 10, "the log line"
+    )
     assert proc.poll() is None
 
 

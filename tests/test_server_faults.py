@@ -68,12 +68,13 @@ def test_a_held_write_lock_is_a_503_not_a_frozen_server(tmp_path):
             fcntl.flock(lock, fcntl.LOCK_EX)  # as a stopped scheduler or worker would hold it
             took, (status, answer) = timed(raw, server, "GET", "/health", timeout=10)
             assert status == 503 and took < 2.0, (took, answer)
-            assert "lock" in answer["error"]
+            # The lock named, or (on a loaded machine) the deadline that ran out waiting for it.
+            assert "lock" in answer["error"] or "not answered" in answer["error"], answer
             before = count_tasks(tmp_path / "p.db")
             body = json.dumps({"tasks": [NOOP]}).encode()
             took, (status, answer) = timed(raw, server, "POST", "/tasks", body, timeout=10)
             assert status == 503 and took < 3.0, (took, answer)
-            assert "lock" in answer["error"]
+            assert "lock" in answer["error"] or "not answered" in answer["error"], answer
             # Reads and other requests keep being answered meanwhile.
             assert raw(server, "GET", "/tasks?limit=1", timeout=5)[0] == 200
             assert raw(server, "GET", "/stats", timeout=5)[0] == 200

@@ -56,6 +56,15 @@ def identity(pid: int | None = None) -> str | None:
     return f"{here[0]}.{here[1]}.{pid}.{start}"
 
 
+def pid_of(owner: str) -> int | None:
+    """The pid an owner string names (None if it names none)."""
+    parts = owner.split(".")
+    try:
+        return int(parts[2]) if len(parts) == 4 else None
+    except ValueError:
+        return None
+
+
 def is_gone(owner: str) -> bool:
     """True only when ``owner`` ran on this host's running kernel, in this PID namespace, and no
     process with its pid and start time lives any more."""

@@ -112,7 +112,7 @@ class Scheduler:
         if self._next_orphans is None or now >= self._next_orphans:
             # A dead process of this host (a crashed scheduler's workers) holds these leases:
             # taken back at once instead of one lease later.
-            self._recovered(self.queue.recover_orphans(self.is_gone, now=now), tick)
+            self._recovered(self.queue.recover_orphans(self._orphaned, now=now), tick)
             self._next_orphans = now + timedelta(seconds=ORPHAN_EVERY)
         if self.heartbeat is not None and self.heartbeat.due(now):
             self.heartbeat.running = self._running()
@@ -120,6 +120,11 @@ class Scheduler:
         if self.schedules is not None and self.schedules.due(now):
             self.schedules.tick(now)
         return tick
+
+    def _orphaned(self, who: str) -> bool:
+        # A worker of this pool that died is the pool's to account for (its unstarted tasks go
+        # back without an attempt): only owners that are not among its workers are taken here.
+        return self.is_gone(who) and owner.pid_of(who) not in self.pool.pids
 
     def _recovered(self, tasks: list[Task], tick: Tick) -> None:
         tick.recovered += len(tasks)

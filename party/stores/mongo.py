@@ -26,6 +26,7 @@ mongomock mishandles ``UpdateOne`` under current pymongo.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,11 +72,13 @@ from .mongo_codec import (
     UNCLAIM,
     VISIBLE,
     claim_update,
+    claimable,
     doc_to_task,
     due,
     landed,
     task_to_doc,
     truncate_to_millis,
+    undelay,
     write_filter,
     write_update,
 )
@@ -94,6 +97,8 @@ MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 #: Documents of a batch left ``adding`` this long ago (their adder died between its two writes)
 #: are removed by ``maintain``.
 STALE_ADDING = timedelta(minutes=10)
+#: Seconds between two passes of ``maintain``.
+MAINTAIN_EVERY = 60.0
 
 # Inserts of queued tasks, and updates that make a task queued (the second write of an add, a
 # retry, a recurring re-queue, a hand-back).
@@ -156,6 +161,7 @@ class MongoStore(Store):
         self._notifier: Notifier | None = None
         self._relay: ChangeRelay | None = None
         self._transactions: bool | None = None
+        self._maintained = float("-inf")
         if prepare:
             self.ensure_indexes()
 
@@ -190,6 +196,14 @@ class MongoStore(Store):
         missing, problems = index_problems(present)
         if problems:
             raise ConfigError(f"MongoDB collection {self}: " + "; ".join(problems))
+        if "tasks_ready" in missing:
+            # Documents written before the ready mark: a queued one is ready unless a retry
+            # delay moved its run_at past its timestamp (once, when the index is first made).
+            with guard():
+                self._tasks.update_many(
+                    {"status": "queued", "ready": {"$exists": False}},
+                    [{"$set": {"ready": {"$lte": ["$run_at", "$timestamp"]}}}],
+                )
         for name in missing:
             keys, options = INDEXES[name]
             try:
@@ -398,13 +412,15 @@ class MongoStore(Store):
     def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
         update = claim_update(token, lease_expires)
         won: list[Task] = []
+        with guard():
+            self._tasks.update_many(*undelay(now))
         try:
             with guard():
                 while len(won) < limit:
                     # The head of the queue, taken atomically: two claimers never take one task,
                     # and the one that comes second takes the next instead of losing a race.
                     doc = self._tasks.find_one_and_update(
-                        due(now), update, sort=ORDER, return_document=ReturnDocument.AFTER
+                        claimable(now), update, sort=ORDER, return_document=ReturnDocument.AFTER
                     )
                     if doc is None:
                         break
@@ -587,7 +603,11 @@ class MongoStore(Store):
         self._notifier.notify()
 
     def maintain(self) -> None:
-        """Remove the documents of adds whose process died between their two writes."""
+        """Remove the documents of adds whose process died between their two writes (at most
+        once a minute: the scheduler calls this on every tick)."""
+        if time.monotonic() < self._maintained + MAINTAIN_EVERY:
+            return
+        self._maintained = time.monotonic()
         try:
             with guard():
                 self._tasks.delete_many(
@@ -615,7 +635,7 @@ class MongoStore(Store):
     def explain_claim(self, now: datetime) -> dict[str, Any]:
         """The winning plan of the due-task query (for benchmarks and tests on a real server)."""
         with guard():
-            return self._tasks.find(due(now)).sort(ORDER).limit(16).explain()
+            return self._tasks.find(claimable(now)).sort(ORDER).limit(16).explain()
 
 
 def _unstorable_failure(write: Write, reason: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ The only other module (with ``mongo``) that imports pymongo.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,12 +56,19 @@ UNAVAILABLE_CODES = frozenset(
 _Keys = list[tuple[str, int]]
 #: The indexes the store's queries rely on: name -> (keys, options).
 INDEXES: dict[str, tuple[_Keys, dict[str, Any]]] = {
-    # The claim (queued, in queue order), listings by status, and without a status (the five
-    # statuses as an $in: the server merges their ranges in order instead of sorting).
+    # Listings by status, and without a status (the five statuses as an $in: the server merges
+    # their ranges in order instead of sorting), the due count of /stats.
     "tasks_order": ([("status", 1), *ORDER], {}),
     # Listings of one handler (with or without a status, merged the same way) and /stats' counts
     # per (party, status), read from the index alone.
     "tasks_party": ([("party", 1), ("status", 1), *ORDER], {}),
+    # The claim: queued tasks not waiting out a retry delay, in queue order (mongo_codec.READY).
+    "tasks_ready": (ORDER, {"partialFilterExpression": {"status": "queued", "ready": True}}),
+    # The queued tasks waiting out a retry delay, by the end of their delay.
+    "tasks_delayed": (
+        [("run_at", 1), ("_id", 1)],  # not tasks_run_at's keys: one key pattern, one index
+        {"partialFilterExpression": {"status": "queued", "ready": False}},
+    ),
     # The next time a queued task becomes due.
     "tasks_run_at": ([("run_at", 1)], {"partialFilterExpression": {"status": "queued"}}),
     # Expired leases.
@@ -172,11 +180,14 @@ def index_problems(present: dict[str, dict[str, Any]]) -> tuple[list[str], list[
     that stop the store, each naming the index and the fix)."""
     missing: list[str] = []
     problems: list[str] = []
-    by_keys = {tuple(_normal_keys(info["key"])): name for name, info in present.items()}
+    by_keys = {
+        (tuple(_normal_keys(info["key"])), _canonical(info.get("partialFilterExpression"))): name
+        for name, info in present.items()
+    }
     for name, (keys, options) in INDEXES.items():
         info = present.get(name)
         if info is None:
-            other = by_keys.get(tuple(keys))
+            other = by_keys.get((tuple(keys), _canonical(options.get("partialFilterExpression"))))
             if other is not None:
                 problems.append(
                     f"index {other!r} has the keys Party's {name!r} needs, under another name "
@@ -198,6 +209,11 @@ def index_problems(present: dict[str, dict[str, Any]]) -> tuple[list[str], list[
                 f"drop it (db.tasks.dropIndex({name!r})) and start again"
             )
     return missing, problems
+
+
+def _canonical(value: Any) -> str:
+    """One text for equal filters, whatever their mapping type (a server answers SON)."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _options_of(info: dict[str, Any]) -> dict[str, Any]:

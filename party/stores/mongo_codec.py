@@ -56,13 +56,21 @@ def normalize(name: str, value: Any) -> Any:
 
 
 def task_to_doc(task: Task) -> dict[str, Any]:
-    """The document of ``task``."""
+    """The document of ``task``, with its ``ready`` mark."""
     doc: dict[str, Any] = {"_id": ObjectId(task.id)}
     for name, normalizer in _DOC_FIELDS:
         value = getattr(task, name)
         if value is not None:
             doc[name] = value if normalizer is None else normalizer(value)
+    doc[READY] = doc["run_at"] <= doc["timestamp"]
     return doc
+
+
+#: A field of the store's own (not a task field): False while a queued task waits out a retry
+#: delay. The claim's index (``tasks_ready``) holds only queued tasks marked True, so the tasks
+#: waiting for a retry never sit in its range; a claim first marks True those whose delay passed
+#: (``UNDELAY``, through the small ``tasks_delayed`` index of the waiting ones).
+READY = "ready"
 
 
 def _decoder(spec: FieldSpec) -> Callable[[dict[str, Any]], Any]:
@@ -101,8 +109,12 @@ def write_filter(write: Write) -> dict[str, Any]:
 
 
 def write_update(write: Write) -> dict[str, Any]:
-    """The update of a write: ``$set`` its values, ``$unset`` its Nones."""
+    """The update of a write: ``$set`` its values, ``$unset`` its Nones; a write that queues a
+    task sets its ``ready`` mark: False for a retry (it moves ``run_at`` alone, to the end of a
+    delay), True otherwise (a hand-back, a recurring re-queue moving ``timestamp`` with it)."""
     sets = {k: normalize(k, v) for k, v in write.fields.items() if v is not None}
+    if write.fields.get("status") == Status.QUEUED:
+        sets[READY] = "run_at" not in write.fields or "timestamp" in write.fields
     unsets = {k: "" for k, v in write.fields.items() if v is None}
     update: dict[str, Any] = {}
     if sets:
@@ -131,9 +143,18 @@ def landed(write: Write, doc: dict[str, Any] | None) -> bool:
 
 
 def due(now: datetime) -> dict[str, Any]:
-    """The filter of the due tasks at ``now``. ``run_at`` is never before ``timestamp``, so
-    ``run_at <= now`` implies the task's time has come."""
+    """The filter of the due tasks at ``now`` (counts; the claim adds the ``ready`` mark)."""
     return {"status": "queued", "timestamp": {"$lte": now}, "run_at": {"$lte": now}}
+
+
+def claimable(now: datetime) -> dict[str, Any]:
+    """The claim's filter: the due tasks, within the range of the ``tasks_ready`` index."""
+    return {"status": "queued", READY: True, "timestamp": {"$lte": now}, "run_at": {"$lte": now}}
+
+
+def undelay(now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The filter and update that mark ready the queued tasks whose retry delay has passed."""
+    return {"status": "queued", READY: False, "run_at": {"$lte": now}}, {"$set": {READY: True}}
 
 
 def claim_update(token: str, lease_expires: datetime) -> dict[str, Any]:
