@@ -39,3 +39,23 @@ class BenchStamp(TaskBase):
         path = self.data.get("file") or os.environ.get("BENCH_STAMP_FILE", "/dev/null")
         line = b"%d %.6f %.6f\n" % (self.data.get("i", -1), self.data.get("due", 0.0), start)
         os.write(_fd(path), line)
+
+
+#: Seconds a waiting task waits on "I/O" (the peer bench's W6: an HTTP call, an e-mail to a relay).
+IO_S = float(os.environ.get("BENCH_IO_S", "0.02"))
+
+
+class BenchWait(TaskBase):
+    """Wait ``IO_S`` as a blocking call would (runs in a worker's threads with --concurrency)."""
+
+    def run(self) -> None:
+        time.sleep(IO_S)
+
+
+class BenchWaitAsync(TaskBase):
+    """The same wait, awaited (runs on a worker's event loop)."""
+
+    async def run(self) -> None:
+        import asyncio
+
+        await asyncio.sleep(IO_S)
