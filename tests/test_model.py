@@ -1,10 +1,6 @@
-import itertools
 import os
 import pickle
-import time
 from datetime import datetime
-
-from bson import ObjectId
 
 from party.model import Status, Task, canonical_json, is_valid_id, new_id, singleton_key
 
@@ -39,17 +35,6 @@ def test_ids_are_24_lowercase_hex():
     )
 
 
-def test_ids_are_object_ids_of_now_counting_up_within_a_process():
-    before = int(time.time())
-    ids = [new_id() for _ in range(1000)]
-    assert len(set(ids)) == 1000
-    assert all(str(ObjectId(i)) == i for i in ids)  # the Mongo store converts them
-    assert before <= int(ids[0][:8], 16) <= int(time.time())
-    assert len({i[8:18] for i in ids}) == 1  # one process part
-    counters = [int(i[18:], 16) for i in ids]
-    assert all((b - a) % 2**24 == 1 for a, b in itertools.pairwise(counters))
-
-
 def test_forked_child_draws_ids_of_its_own():
     read, write = os.pipe()
     pid = os.fork()
@@ -78,12 +63,3 @@ def test_the_field_table_declares_every_task_field_in_order():
     assert {s.name for s in TASK_FIELDS if s.not_before} == {"timestamp", "run_at"}
     for spec in TASK_FIELDS:  # a nullable field defaults to None; a defaulted one is never required
         assert not spec.nullable or spec.default is None
-
-
-def test_a_pickled_task_is_a_flat_tuple_of_micros_and_strings():
-    at = datetime(2030, 1, 2, 3, 4, 5, 678901)
-    task = Task(new_id(), "Noop", {}, at, at, at, status=Status.RUNNING, lease_expires=at)
-    function, values = task.__reduce__()
-    assert function.__name__ == "task_from_micros" and function.__module__ == "party.model"
-    assert all(type(v) in (str, int, bool, dict, type(None)) for v in values)
-    assert function(*values) == task

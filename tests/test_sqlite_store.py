@@ -17,44 +17,6 @@ def test_store_uses_wal_and_a_busy_timeout(sqlite_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_due_task_claim_is_served_by_the_order_index_without_a_sort(sqlite_path):
-    store = SqliteStore(sqlite_path)
-    plan = " ".join(store.explain_claim(datetime(2030, 1, 1)))
-    assert "USING INDEX tasks_order" in plan
-    assert "TEMP B-TREE" not in plan  # no sort step: the index gives queue order
-
-
-def test_next_run_at_reads_one_entry_of_the_run_at_index(sqlite_path):
-    from party.stores.sqlite import NEXT_RUN_AT
-
-    store = SqliteStore(sqlite_path)
-    plan = " ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + NEXT_RUN_AT))
-    assert "USING INDEX tasks_run_at" in plan and "TEMP B-TREE" not in plan
-
-
-def test_batched_writes_find_each_task_by_its_id(sqlite_path):
-    from party.model import Status
-    from party.stores.sqlite import _batch_update_statement
-
-    store = SqliteStore(sqlite_path)
-    sql = _batch_update_statement(("status",), ("lease",), True, (Status.RUNNING,), 4)
-    params = ["id", "tok", "completed"] * 4
-    plan = [row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql, params)]
-    # The rows of VALUES drive the join, one primary-key lookup each; never a scan of tasks.
-    assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id=?)" in plan
-    assert not any(step.startswith("SCAN tasks") for step in plan)
-
-
-def test_singleton_index_holds_only_live_keys_and_serves_the_clash_lookup(sqlite_path):
-    store = SqliteStore(sqlite_path)
-    (sql,) = store._db.execute(
-        "SELECT sql FROM sqlite_master WHERE name = 'tasks_live_singleton'"
-    ).fetchone()
-    assert "WHERE singleton IS NOT NULL" in sql
-    plan = store._db.execute("EXPLAIN QUERY PLAN SELECT 1 FROM tasks WHERE singleton = ?", ("k",))
-    assert "INDEX tasks_live_singleton" in " ".join(row[-1] for row in plan)
-
-
 def test_store_made_with_the_full_singleton_index_is_migrated_on_open(sqlite_path, registry):
     from party.errors import Conflict
     from party.queue import TaskQueue
@@ -112,45 +74,6 @@ def test_two_connections_see_each_others_writes(sqlite_path, registry):
     (task,) = a.add([{"party": "Noop"}])
     assert [t.id for t in b.claim(5)] == [task.id]
     assert a.claim(5) == []
-
-
-def _fresh_tasks(n, start):
-    from party.model import Task, new_id
-
-    now = datetime(2030, 1, 1)
-    return [
-        Task(id=new_id(), party="Noop", data={"n": start + i}, timestamp=now, created=now,
-             run_at=now)
-        for i in range(n)
-    ]  # fmt: skip
-
-
-def test_commits_leave_the_checkpoint_to_maintain(sqlite_path):
-    store = SqliteStore(sqlite_path)
-    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    size = sqlite_path.stat().st_size
-    # Enough transactions to cross SQLite's default automatic checkpoint (1,000 pages of log)
-    # several times over: none of them copies the log into the database file.
-    for batch in range(400):
-        store.insert_many(_fresh_tasks(10, batch * 10))
-    assert sqlite_path.stat().st_size == size
-    store._checkpointed = 0.0  # as if the last one were long ago
-    store.maintain()
-    assert sqlite_path.stat().st_size > size
-    store.close()
-
-
-def test_a_connection_checkpoints_itself_when_nothing_maintains_the_store(sqlite_path, monkeypatch):
-    import party.stores.sqlite as sqlite_module
-
-    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 50)
-    store = SqliteStore(sqlite_path)
-    size = sqlite_path.stat().st_size
-    for batch in range(60):
-        store.insert_many(_fresh_tasks(10, batch * 10))
-    assert sqlite_path.stat().st_size > size
-    assert store._writes == 10
-    store.close()
 
 
 def _full_count(store, now_us):

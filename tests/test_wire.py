@@ -169,26 +169,3 @@ def test_list_query_defaults_and_values():
 def test_list_query_refuses_bad_filters(args, words):
     with pytest.raises(ValidationError, match=words):
         wire.parse_list_query(args)
-
-
-def test_a_batch_encodes_like_single_tasks():
-    done = make_task(status=Status.COMPLETED, started_on=datetime(2030, 1, 1), result=1,
-                     completed_on=datetime(2030, 1, 1, 0, 0, 1))  # fmt: skip
-    tasks = [make_task(id=f"{i:024x}", data={"i": i}) for i in range(10)] + [done]
-    assert wire.encode_tasks(tasks, WHY) == [wire.encode_task(t, WHY) for t in tasks]
-
-
-@pytest.mark.parametrize("size", [3, 12])
-def test_dumps_tasks_writes_the_bytes_of_the_encoded_tasks(size):
-    later = datetime(2030, 1, 2)
-    done = make_task(status=Status.COMPLETED, started_on=later, completed_on=later, result=[1.5])
-    failed = make_task(status=Status.FAILED, last_error={"type": "E", "message": "ü"})
-    varied = [
-        make_task(id=f"{i:024x}", data={"i": i, "s": 'é"\\\n', "n": [None, True, {}]})
-        for i in range(size)
-    ]
-    varied[1:3] = [make_task(party="Other", is_recurring=True), make_task(timestamp=later)]
-    tasks = [*varied, make_task(last_run_on=later, attempts=2), done, failed, make_task(data={})]
-    body = wire.dumps_tasks(tasks, WHY)
-    assert body == wire.dumps([wire.encode_task(t, WHY) for t in tasks])
-    assert json.loads(body)[0]["data"]["s"] == 'é"\\\n'

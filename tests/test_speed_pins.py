@@ -1,0 +1,150 @@
+"""Tests that pin implementation details chosen for speed: query plans, commit and checkpoint
+behaviour, id bytes, pickle shapes, fast encoders equal to their plain versions.
+
+Each proves a choice that makes Party fast, not a rule of the contract: a refactor that breaks
+one should know which optimisation it is undoing (and measure before dropping it).
+"""
+
+import itertools
+import json
+import time
+from datetime import datetime
+
+import pytest
+from bson import ObjectId
+
+from party.model import Status, Task, new_id
+from party.server import wire
+from party.stores.sqlite import SqliteStore
+from tests.test_wire import WHY, make_task
+
+# -- SQLite: the indexes behind the hot queries -------------------------------------------------
+
+
+def test_due_task_claim_is_served_by_the_order_index_without_a_sort(sqlite_path):
+    store = SqliteStore(sqlite_path)
+    plan = " ".join(store.explain_claim(datetime(2030, 1, 1)))
+    assert "USING INDEX tasks_order" in plan
+    assert "TEMP B-TREE" not in plan  # no sort step: the index gives queue order
+
+
+def test_next_run_at_reads_one_entry_of_the_run_at_index(sqlite_path):
+    from party.stores.sqlite import NEXT_RUN_AT
+
+    store = SqliteStore(sqlite_path)
+    plan = " ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + NEXT_RUN_AT))
+    assert "USING INDEX tasks_run_at" in plan and "TEMP B-TREE" not in plan
+
+
+def test_batched_writes_find_each_task_by_its_id(sqlite_path):
+    from party.model import Status
+    from party.stores.sqlite import _batch_update_statement
+
+    store = SqliteStore(sqlite_path)
+    sql = _batch_update_statement(("status",), ("lease",), True, (Status.RUNNING,), 4)
+    params = ["id", "tok", "completed"] * 4
+    plan = [row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    # The rows of VALUES drive the join, one primary-key lookup each; never a scan of tasks.
+    assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id=?)" in plan
+    assert not any(step.startswith("SCAN tasks") for step in plan)
+
+
+def test_singleton_index_holds_only_live_keys_and_serves_the_clash_lookup(sqlite_path):
+    store = SqliteStore(sqlite_path)
+    (sql,) = store._db.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'tasks_live_singleton'"
+    ).fetchone()
+    assert "WHERE singleton IS NOT NULL" in sql
+    plan = store._db.execute("EXPLAIN QUERY PLAN SELECT 1 FROM tasks WHERE singleton = ?", ("k",))
+    assert "INDEX tasks_live_singleton" in " ".join(row[-1] for row in plan)
+
+
+# -- SQLite: commits never checkpoint inside the writers' lock -------------------------------------
+
+
+def _fresh_tasks(n, start):
+    from party.model import Task, new_id
+
+    now = datetime(2030, 1, 1)
+    return [
+        Task(id=new_id(), party="Noop", data={"n": start + i}, timestamp=now, created=now,
+             run_at=now)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_commits_leave_the_checkpoint_to_maintain(sqlite_path):
+    store = SqliteStore(sqlite_path)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    size = sqlite_path.stat().st_size
+    # Enough transactions to cross SQLite's default automatic checkpoint (1,000 pages of log)
+    # several times over: none of them copies the log into the database file.
+    for batch in range(400):
+        store.insert_many(_fresh_tasks(10, batch * 10))
+    assert sqlite_path.stat().st_size == size
+    store._checkpointed = 0.0  # as if the last one were long ago
+    store.maintain()
+    assert sqlite_path.stat().st_size > size
+    store.close()
+
+
+def test_a_connection_checkpoints_itself_when_nothing_maintains_the_store(sqlite_path, monkeypatch):
+    import party.stores.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 50)
+    store = SqliteStore(sqlite_path)
+    size = sqlite_path.stat().st_size
+    for batch in range(60):
+        store.insert_many(_fresh_tasks(10, batch * 10))
+    assert sqlite_path.stat().st_size > size
+    assert store._writes == 10
+    store.close()
+
+
+# -- ids and the pickle of a task -----------------------------------------------------------------
+
+
+def test_ids_are_object_ids_of_now_counting_up_within_a_process():
+    before = int(time.time())
+    ids = [new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(str(ObjectId(i)) == i for i in ids)  # the Mongo store converts them
+    assert before <= int(ids[0][:8], 16) <= int(time.time())
+    assert len({i[8:18] for i in ids}) == 1  # one process part
+    counters = [int(i[18:], 16) for i in ids]
+    assert all((b - a) % 2**24 == 1 for a, b in itertools.pairwise(counters))
+
+
+def test_a_pickled_task_is_a_flat_tuple_of_micros_and_strings():
+    at = datetime(2030, 1, 2, 3, 4, 5, 678901)
+    task = Task(new_id(), "Noop", {}, at, at, at, status=Status.RUNNING, lease_expires=at)
+    function, values = task.__reduce__()
+    assert function.__name__ == "task_from_micros" and function.__module__ == "party.model"
+    assert all(type(v) in (str, int, bool, dict, type(None)) for v in values)
+    assert function(*values) == task
+
+
+# -- the fast encoders of the wire ----------------------------------------------------------------
+
+
+def test_a_batch_encodes_like_single_tasks():
+    done = make_task(status=Status.COMPLETED, started_on=datetime(2030, 1, 1), result=1,
+                     completed_on=datetime(2030, 1, 1, 0, 0, 1))  # fmt: skip
+    tasks = [make_task(id=f"{i:024x}", data={"i": i}) for i in range(10)] + [done]
+    assert wire.encode_tasks(tasks, WHY) == [wire.encode_task(t, WHY) for t in tasks]
+
+
+@pytest.mark.parametrize("size", [3, 12])
+def test_dumps_tasks_writes_the_bytes_of_the_encoded_tasks(size):
+    later = datetime(2030, 1, 2)
+    done = make_task(status=Status.COMPLETED, started_on=later, completed_on=later, result=[1.5])
+    failed = make_task(status=Status.FAILED, last_error={"type": "E", "message": "ü"})
+    varied = [
+        make_task(id=f"{i:024x}", data={"i": i, "s": 'é"\\\n', "n": [None, True, {}]})
+        for i in range(size)
+    ]
+    varied[1:3] = [make_task(party="Other", is_recurring=True), make_task(timestamp=later)]
+    tasks = [*varied, make_task(last_run_on=later, attempts=2), done, failed, make_task(data={})]
+    body = wire.dumps_tasks(tasks, WHY)
+    assert body == wire.dumps([wire.encode_task(t, WHY) for t in tasks])
+    assert json.loads(body)[0]["data"]["s"] == 'é"\\\n'
