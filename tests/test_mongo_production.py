@@ -394,6 +394,16 @@ def test_each_query_of_the_api_uses_an_index(raw):
     assert plan({"status": visible, "party": "A"}, ORDER)
     assert plan({"status": "failed", "party": "A"}, ORDER)
     assert plan(due(T0), ORDER)
+    from party.stores.mongo_codec import claimable
+
+    assert plan(claimable(T0), ORDER)
+    stats = raw.database.command(
+        "aggregate", raw.name, explain=True,
+        pipeline=[{"$match": {"status": visible}}, {"$sort": {"party": 1, "status": 1}},
+                  {"$project": {"_id": 0, "party": 1, "status": 1}},
+                  {"$group": {"_id": {"party": "$party", "status": "$status"}, "n": {"$sum": 1}}}],
+    )  # fmt: skip
+    assert "COLLSCAN" not in str(stats) and "IXSCAN" in str(stats)
     store.close()
 
 
