@@ -32,6 +32,7 @@ SERVER_SETTINGS = (
 CLIENT_SETTINGS = ("socket", "host", "port", "token")
 #: ``up`` takes every setting of the server and of the scheduler and passes each on.
 UP_SETTINGS = SERVER_SETTINGS + ("workers", "concurrency", "poll_interval", "grace")
+UP_SETTINGS += ("keep_completed", "keep_failed")  # the scheduler's retention
 LIST_COLUMNS = ("_id", "party", "status", "attempts", "timestamp", "data")
 
 
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WHEN",
         help="when to run: ISO 8601 (UTC unless it has an offset), epoch seconds, or +N[smhd] "
         "from now (default: now)",
+    )
+    add.add_argument(
+        "--idempotency-key",
+        default=None,
+        metavar="KEY",
+        help="send this Idempotency-Key: repeating the same command within 24 h adds nothing "
+        "and prints the task of the first (1 to 255 visible ASCII characters, e.g. a UUID)",
     )
     for name, text in (
         ("show", "show one task"),
@@ -155,7 +163,13 @@ def _run_client(args: argparse.Namespace) -> int:
             item: dict[str, Any] = {"party": args.handler, "data": _parse_data(args.data)}
             if args.at is not None:
                 item["timestamp"] = parse_when(args.at)
-            answer = con.request("/tasks", None, data={"tasks": [item]}, method="POST")
+            answer = con.request(
+                "/tasks",
+                None,
+                data={"tasks": [item]},
+                method="POST",
+                idempotency_key=args.idempotency_key,
+            )
             _print(args, answer, lambda: _print_task(answer[0]))
         elif args.command in ("show", "run", "delete"):
             path = f"/task/{args.id}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 8032
+#: The header that makes ``POST /tasks`` safe to repeat (a repeat is answered from the first).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: Fields of a task on the wire that hold timestamps (decoded into naive UTC datetimes).
 TIMESTAMP_FIELDS = ("timestamp", "created", "last_run_on", "started_on", "completed_on")
 
@@ -144,12 +147,24 @@ class BlockingHTTPClient:
     ``address``: a Unix socket path (``/tmp/party.sock``), ``host:port``, ``host`` (port 8032) or
     ``http://host:port``. ``token`` is sent as ``Authorization: Bearer <token>``. ``timeout``
     bounds each socket operation in seconds (a force-run waits for the task, so allow for it).
+
+    A request on a kept-alive connection that the server turns out to have closed is sent again,
+    once, on a new one. A ``POST /tasks`` sent there carries an ``Idempotency-Key`` (the caller's,
+    else a random one when ``auto_keys``), so that if the first try did reach the server, the
+    second is answered from it instead of adding the batch twice.
     """
 
-    def __init__(self, address: str, token: str | None = None, timeout: float | None = 60.0):
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        timeout: float | None = 60.0,
+        auto_keys: bool = True,
+    ):
         self.address = address
         self.token = token
         self.timeout = timeout
+        self.auto_keys = auto_keys
         self._conn: http.client.HTTPConnection | None = None
         self._headers = {"Accept": "application/json"}
         if token:
@@ -195,14 +210,20 @@ class BlockingHTTPClient:
         params: Mapping[str, Any] | None = None,
         data: Any = None,
         method: str = "GET",
+        *,
+        idempotency_key: str | None = None,
     ) -> Any:
         """Send one request and return the decoded JSON answer (tasks' timestamps as datetimes).
 
         ``params`` becomes the query string (None values are left out); ``data`` is sent as the
-        JSON body. Raises ``PartyHTTPError`` on a 4xx/5xx answer and ``PartyConnectionError``
-        when the server cannot be reached.
+        JSON body; ``idempotency_key`` as the ``Idempotency-Key`` header (``POST /tasks``: a
+        repeat with the same key and body within 24 h adds nothing and gets the first answer).
+        Raises ``PartyHTTPError`` on a 4xx/5xx answer and ``PartyConnectionError`` when the
+        server cannot be reached.
         """
-        return _decode_times(self.request(path, params, data, method))
+        return _decode_times(
+            self.request(path, params, data, method, idempotency_key=idempotency_key)
+        )
 
     def request(
         self,
@@ -210,8 +231,14 @@ class BlockingHTTPClient:
         params: Mapping[str, Any] | None = None,
         data: Any = None,
         method: str = "GET",
+        *,
+        idempotency_key: str | None = None,
     ) -> Any:
         """As calling the client, but the answer's timestamps stay ISO strings (raw JSON)."""
+        method = method.upper()
+        retry_key = None
+        if idempotency_key is None and self.auto_keys and method == "POST" and path == "/tasks":
+            retry_key = uuid.uuid4().hex  # sent only where a retry may follow (see _send)
         if params:
             query = urlencode({k: v for k, v in params.items() if v is not None})
             if query:
@@ -221,7 +248,9 @@ class BlockingHTTPClient:
         if data is not None:
             body = json.dumps(data, default=_default, separators=(",", ":")).encode()
             headers = {**headers, "Content-Type": "application/json"}
-        status, raw = self._send(method.upper(), path, body, headers)
+        if idempotency_key is not None:
+            headers = {**headers, IDEMPOTENCY_HEADER: idempotency_key}
+        status, raw = self._send(method, path, body, headers, retry_key)
         try:
             answer = json.loads(raw) if raw else None
         except ValueError:
@@ -238,15 +267,24 @@ class BlockingHTTPClient:
         return answer
 
     def _send(
-        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        retry_key: str | None = None,
     ) -> tuple[int, bytes]:
         # One retry on a fresh connection when a kept-alive one turns out to be closed by the
-        # server (idle timeout, restart): the request did not reach it, so it is safe to resend.
+        # server (idle timeout, restart). Most often the request never reached it; but a server
+        # that dies after reading it looks the same, so a POST that may be retried carries a key
+        # (``retry_key``) from its first try, and its retry is answered from that first try.
         for attempt in (1, 2):
             reused = self._conn is not None
             if self._conn is None:
                 self._conn = self._connect()
             conn = self._conn
+            if reused and retry_key is not None and IDEMPOTENCY_HEADER not in headers:
+                headers = {**headers, IDEMPOTENCY_HEADER: retry_key}
             try:
                 try:
                     conn.request(method, path, body=body, headers=headers)
@@ -283,18 +321,31 @@ class BlockingHTTPClient:
 
     # -- the common calls --------------------------------------------------------------------
 
-    def add(self, party: str, data: Mapping[str, Any] | None = None, timestamp: Any = None) -> dict:
-        """Add one task of handler ``party``; return it as stored."""
+    def add(
+        self,
+        party: str,
+        data: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """Add one task of handler ``party``; return it as stored. With ``idempotency_key``, a
+        repeat within 24 h returns the same task and adds nothing."""
         item: dict[str, Any] = {"party": party}
         if data is not None:
             item["data"] = data
         if timestamp is not None:
             item["timestamp"] = timestamp
-        return self.add_many([item])[0]
+        return self.add_many([item], idempotency_key=idempotency_key)[0]
 
-    def add_many(self, tasks: list[Mapping[str, Any]]) -> list[dict]:
-        """Add a batch of ``{"party", "data", "timestamp"}`` items, all or nothing."""
-        return self("/tasks", None, data={"tasks": tasks}, method="POST")
+    def add_many(
+        self, tasks: list[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> list[dict]:
+        """Add a batch of ``{"party", "data", "timestamp"}`` items, all or nothing; with
+        ``idempotency_key``, at most once within 24 h (a repeat gets the first answer)."""
+        return self(
+            "/tasks", None, data={"tasks": tasks}, method="POST", idempotency_key=idempotency_key
+        )
 
     def get(self, task_id: str) -> dict:
         """The task with this id."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -35,6 +36,10 @@ class Settings:
     max_batch: int = 5000
     lease: float = 60.0
     insecure: bool = False
+    #: Seconds completed and deleted tasks are kept (0: for ever), then pruned by the scheduler.
+    keep_completed: float = 7 * 86400.0
+    #: Seconds failed tasks are kept (0: for ever).
+    keep_failed: float = 30 * 86400.0
 
 
 def _positive_int(text: str) -> int:
@@ -77,6 +82,30 @@ def _optional(text: str) -> str | None:
     return text or None
 
 
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration: a number with an optional unit, ``90s``, ``15m``, ``12h``, ``7d``,
+    ``2w`` (bare numbers are seconds; ``0`` and ``0s`` mean for ever where a setting says so)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text.lower())
+    if match is None:
+        raise ValueError("must be a number with an optional unit s, m, h, d or w, as 7d or 12h")
+    value = float(match.group(1)) * _UNITS[match.group(2)]
+    if value == float("inf"):
+        raise ValueError("must be finite")
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """A duration in its largest whole unit (``604800.0`` → ``7d``); ``0`` stays ``0``."""
+    for unit in "dhm":
+        size = _UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds else "0"
+
+
 # name → (parse, what is accepted, help)
 _SPEC: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "store": (
@@ -110,6 +139,16 @@ _SPEC: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "max_batch": (_positive_int, "an integer >= 1", "most tasks in one POST /tasks"),
     "lease": (_positive_float, "seconds > 0", "how long a claimed task stays reserved"),
     "insecure": (_flag, "1 or 0", "allow a non-loopback address without a token"),
+    "keep_completed": (
+        parse_duration,
+        "a duration such as 7d, 12h, 90m or 3600 (seconds); 0 keeps them for ever",
+        "how long completed and deleted tasks are kept before the scheduler prunes them",
+    ),
+    "keep_failed": (
+        parse_duration,
+        "a duration such as 30d, 12h or 3600 (seconds); 0 keeps them for ever",
+        "how long failed tasks are kept before the scheduler prunes them",
+    ),
 }
 
 
@@ -133,6 +172,8 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None
             parser.add_argument(flag_name(name), action="store_true", default=None, help=help_text)
             continue
         shown = ",".join(default) if isinstance(default, tuple) else default
+        if _SPEC[name][0] is parse_duration:
+            shown = format_duration(default)
         parser.add_argument(
             flag_name(name),
             dest=name,

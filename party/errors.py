@@ -10,7 +10,9 @@
      └── TaskException        a request about tasks that cannot be honoured (the seeds' name)
           ├── ValidationError the input is malformed: nothing was written       (HTTP 400)
           ├── NotFound        no task with that id                              (HTTP 404)
-          └── Conflict        the task's state forbids it, or a singleton clash (HTTP 409)
+          ├── Conflict        the task's state forbids it, or a singleton clash (HTTP 409)
+          │    └── KeyInProgress  the first add under an Idempotency-Key is still running (409)
+          └── KeyMismatch     an Idempotency-Key was used with another body             (HTTP 422)
 
 The HTTP status beside each class is applied by the server, not here.
 """
@@ -64,3 +66,18 @@ class Conflict(TaskException):
         super().__init__(message)
         self.message = message
         self.index = index
+
+
+class KeyInProgress(Conflict):
+    """An add under this ``Idempotency-Key`` is in progress: its answer is not known yet."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
+class KeyMismatch(TaskException):
+    """This ``Idempotency-Key`` was used within 24 h with another request body."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

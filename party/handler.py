@@ -66,6 +66,8 @@ class TaskBase:
     - ``max_attempts``: failed attempts before the task is ``failed`` for good (default 6);
     - ``retry_delay``: seconds, or ``callable(attempts) -> seconds``, before a retry (default 0);
     - ``timeout``: seconds a run may take before it is killed and counted as failed (default none);
+    - ``max_running``: most runs of this handler at once across every scheduler on the store
+      (default none: no limit); a due task beyond it waits, enforced by the claim;
     - ``is_recurring``: the task re-queues itself from ``on_complete`` and is a singleton per data;
     - ``schedule`` (a cron expression read in ``timezone``, default UTC) or ``every`` (seconds or
       a timedelta): a declared schedule. The class is then recurring, every scheduler that loads
@@ -78,6 +80,7 @@ class TaskBase:
     max_attempts: ClassVar[int] = 6
     retry_delay: ClassVar[float | Callable[[int], float]] = 0
     timeout: ClassVar[float | None] = None
+    max_running: ClassVar[int | None] = None
     is_recurring: ClassVar[bool] = False
     schedule: ClassVar[str | None] = None
     every: ClassVar[float | timedelta | None] = None

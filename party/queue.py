@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import Conflict, NotFound, TaskException, ValidationError
+from .errors import (
+    Conflict,
+    KeyInProgress,
+    KeyMismatch,
+    NotFound,
+    RegistryError,
+    StoreUnavailable,
+    TaskException,
+    ValidationError,
+)
 from .model import (
     Leased,
     NewTask,
@@ -30,7 +39,7 @@ from .model import (
 )
 from .registry import Registry
 from .storable import MAX_BSON_BYTES, Unstorable, document_size
-from .stores.base import OrderKey, Store
+from .stores.base import PRUNABLE, KeyedAdd, KeyRecord, KeyTaken, OrderKey, Store
 from .timestamps import format_timestamp, parse_timestamp, system_now
 from .views import Views, list_tasks
 
@@ -43,6 +52,9 @@ DELETABLE = (Status.QUEUED, Status.RUNNING, Status.FAILED, Status.DELETED)
 _HAND_BACK_CLEARS = {"lease": None, "lease_expires": None}
 #: Separates a lease token's random part from the owner written after it.
 OWNER_MARK = "~"
+#: How long an idempotency key holds: a repeat within it is answered from the first add; after
+#: it the key is new (and retention removes its record).
+KEY_TTL = timedelta(hours=24)
 
 
 def error_info(kind: str, message: str, traceback: str | None = None, *, at: datetime) -> dict:
@@ -72,6 +84,8 @@ class TaskQueue:
         # Written into every lease this queue takes, after an OWNER_MARK: whoever finds the lease
         # later can tell who held it (and, on the same host, whether that process is gone).
         self._owner_suffix = OWNER_MARK + owner if owner else ""
+        # The handlers' max_running, read once: the claim passes them to the store as data.
+        self.limits = running_limits(registry)
 
     # -- adding and reading ------------------------------------------------------------------
 
@@ -85,6 +99,56 @@ class TaskQueue:
         return self.store.insert_many(
             [self._new_task(index, item, now) for index, item in enumerate(items)]
         )
+
+    def recall(self, key: str, digest: str) -> bytes | None:
+        """The answer kept for an add under ``key`` within ``KEY_TTL`` with the same request
+        (``digest``), or None when the key is new. Raises ``KeyMismatch`` when the key was used
+        with another request and ``KeyInProgress`` while that add has no answer yet."""
+        return self._judge(key, self.store.key_record(key), digest)
+
+    def add_once(
+        self,
+        key: str,
+        digest: str,
+        items: Iterable[NewTask | Mapping[str, Any]],
+        answer: Callable[[list[Task]], bytes],
+    ) -> bytes:
+        """``add`` under an idempotency key: the tasks and the key's record (with
+        ``answer(tasks)``, the bytes a repeat gets) are stored together, or, when the key already
+        holds a record, nothing is added and that record decides (``recall``'s answer or error).
+        """
+        now = self.clock()
+        tasks = [self._new_task(index, item, now) for index, item in enumerate(items)]
+        kept: list[bytes] = []
+
+        def keep(stored: list[Task]) -> bytes:
+            kept.append(answer(stored))
+            return kept[-1]
+
+        for _ in range(3):  # a record that expires or is pruned between two looks: look again
+            try:
+                self.store.insert_many(tasks, key=KeyedAdd(key, digest, now, now - KEY_TTL, keep))
+                return kept[-1]
+            except KeyTaken as taken:
+                replay = self._judge(key, taken.record, digest)
+                if replay is not None:
+                    return replay
+        raise StoreUnavailable(f"the record of idempotency key {key!r} keeps changing; retry")
+
+    def _judge(self, key: str, record: KeyRecord | None, digest: str) -> bytes | None:
+        if record is None or record.created < self.clock() - KEY_TTL:
+            return None
+        if record.digest != digest:
+            raise KeyMismatch(
+                f"Idempotency-Key {key!r} was used within 24 h with another request body: "
+                "send a new key for a new request (a repeat must carry the same body bytes)"
+            )
+        if record.answer is None:
+            raise KeyInProgress(
+                f"the first request with Idempotency-Key {key!r} is still in progress; "
+                "repeat it once that one is answered"
+            )
+        return record.answer
 
     def _new_task(
         self,
@@ -206,7 +270,8 @@ class TaskQueue:
     # -- claiming and recording --------------------------------------------------------------
 
     def claim(self, limit: int, *, now: datetime | None = None, ahead: float = 0.0) -> list[Task]:
-        """Lease up to ``limit`` due tasks in queue order; each costs one attempt.
+        """Lease up to ``limit`` due tasks in queue order; each costs one attempt. A handler at
+        its ``max_running`` is passed over (the store enforces it in the claim, atomically).
 
         ``ahead`` (seconds) also takes tasks that become due that soon: the caller must then not
         start one before its time (the scheduler's workers wait for it), which lets a task
@@ -214,6 +279,8 @@ class TaskQueue:
         """
         now = now or self.clock()
         due_by = now + timedelta(seconds=ahead) if ahead else now
+        if self.limits:
+            return self.store.claim(limit, due_by, now + self.lease, self._token(), self.limits)
         return self.store.claim(limit, due_by, now + self.lease, self._token())
 
     def claim_now(self, task_id: str) -> Task:
@@ -419,6 +486,50 @@ class TaskQueue:
 
     def _token(self) -> str:
         return secrets.token_hex(12) + self._owner_suffix
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def prune(
+        self,
+        keep_completed: float,
+        keep_failed: float,
+        *,
+        now: datetime | None = None,
+        limit: int = 500,
+    ) -> int:
+        """One short write of retention: remove up to ``limit`` completed and deleted tasks that
+        ended over ``keep_completed`` seconds ago, else failed ones over ``keep_failed`` seconds
+        ago, else idempotency keys past ``KEY_TTL`` (0 keeps that kind for ever). Queued and
+        running tasks, recurring ones included, are never removed. Returns what it removed
+        (0: nothing is left to remove)."""
+        now = now or self.clock()
+        kinds: list[tuple[tuple[Status, ...], float]] = [
+            ((Status.COMPLETED, Status.DELETED), keep_completed),
+            ((Status.FAILED,), keep_failed),
+        ]
+        for statuses, keep in kinds:
+            if keep > 0:
+                assert all(status in PRUNABLE for status in statuses)
+                removed = self.store.prune(statuses, now - timedelta(seconds=keep), limit)
+                if removed:
+                    return removed
+        return self.store.prune_keys(now - KEY_TTL, limit)
+
+
+def running_limits(registry: Registry) -> dict[str, int]:
+    """``{handler name: max_running}`` of the handlers that declare one; ``RegistryError``
+    names a handler whose ``max_running`` is not an integer >= 1 (or None)."""
+    limits: dict[str, int] = {}
+    for name in registry.names:
+        cap = getattr(registry.get(name), "max_running", None)
+        if cap is None:
+            continue
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise RegistryError(
+                f"handler {name}: max_running must be an integer >= 1 or None, got {cap!r}"
+            )
+        limits[name] = cap
+    return limits
 
 
 def owner_of(lease: str | None) -> str | None:

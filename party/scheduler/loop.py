@@ -2,7 +2,8 @@
 
 The workers claim due tasks from the store in queue order, run them and keep their leases alive
 (``pool``); the loop around them, steppable with ``tick(now)``, collects what they report,
-recovers now and then the tasks whose lease expired (a crashed scheduler's), keeps the declared
+recovers now and then the tasks whose lease expired (a crashed scheduler's), prunes ended tasks
+past their keep time (``retention``), keeps the declared
 schedules' tasks (``schedules``), and lets the pool
 enforce timeouts and replace dead workers. ``run`` repeats passes, sleeping until a worker
 reports or the poll interval ends; it retries a store that stops answering with backoff, and on a
@@ -28,6 +29,7 @@ from ..pool import Finished, WorkerPool, owner
 from ..queue import TaskQueue
 from ..timestamps import format_timestamp, system_now
 from .heartbeat import Heartbeat, outcome_of
+from .retention import Retention
 from .schedules import Schedules
 
 logger = logging.getLogger(__name__)
@@ -68,12 +70,14 @@ class Scheduler:
         wakeup: int | None = None,
         is_gone: Callable[[str], bool] = owner.is_gone,
         heartbeat: Heartbeat | None = None,
+        retention: Retention | None = None,
         schedules: Schedules | None = None,
     ) -> None:
         self.queue = queue
         self.schedules = schedules
         self.is_gone = is_gone
         self.heartbeat = heartbeat
+        self.retention = retention
         self.pool = pool
         self.poll_interval = poll_interval
         self.grace = grace
@@ -119,6 +123,8 @@ class Scheduler:
             self.heartbeat.beat(now)
         if self.schedules is not None and self.schedules.due(now):
             self.schedules.tick(now)
+        if self.retention is not None:
+            self.retention.tick(now)
         return tick
 
     def _orphaned(self, who: str) -> bool:
@@ -192,6 +198,8 @@ class Scheduler:
         for due in (self._next_recover, self._next_orphans, beat, ensure):
             if due is not None:
                 wake = min(wake, due)
+        if self.retention is not None and self.retention.next_at is not None:
+            wake = min(wake, self.retention.next_at)  # a backlog to prune: the next pass at once
         return max((wake - now).total_seconds(), 0.001)
 
     def _wait(self, timeout: float) -> None:

@@ -27,6 +27,7 @@ from ..stores import load_backend
 from ..timestamps import system_now
 from .heartbeat import FORGET_AFTER, Heartbeat
 from .loop import Scheduler
+from .retention import Retention
 from .schedules import Schedules
 
 logger = logging.getLogger(SCHEDULER)
@@ -34,6 +35,9 @@ logger = logging.getLogger(SCHEDULER)
 SETTINGS = (
     "store", "tasks", "workers", "concurrency", "poll_interval", "lease", "grace", "log_level",
 )  # fmt: skip
+
+#: And the retention of ended tasks (``retention``).
+SETTINGS += ("keep_completed", "keep_failed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as exc:
         logger.warning("could not remove old scheduler records: %s", exc)
     schedules = Schedules(queue, declared, heartbeat=heartbeat)
+    # Retention writes through a connection of its own with relaxed commits: a batch lost to a
+    # power cut is pruned again, and no prune holds the writers' lock while it waits for the disk.
+    prune_store = backend.from_url(settings.store)
+    prune_store.relax_commits()
+    retention = Retention(
+        TaskQueue(prune_store, registry),
+        keep_completed=settings.keep_completed,
+        keep_failed=settings.keep_failed,
+    )
     scheduler = Scheduler(
         queue,
         pool,
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         grace=settings.grace,
         wakeup=wake_read,
         heartbeat=heartbeat,
+        retention=retention,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -134,3 +148,4 @@ def main(argv: list[str] | None = None) -> int:
         return scheduler.run()
     finally:
         store.close()
+        prune_store.close()

@@ -37,7 +37,7 @@ from .. import log, metrics
 from ..errors import StoreBusy, StoreUnavailable, TaskException
 from ..model import Status, Task
 from ..views import Live
-from . import openapi, wire
+from . import idempotency, openapi, wire
 from .liveness import why
 from .pipeline import (
     DRAIN_LIMIT,
@@ -212,11 +212,22 @@ def _add_in_thread(ctx: Context, body: bytes, live: Live) -> bytes:
     return wire.dumps_tasks(ctx.queue.add(items), why(live))
 
 
+async def _encoder(ctx: Context) -> Callable[[list[Task]], bytes]:
+    """How added tasks become the answer of ``POST /tasks`` (with their ``waiting``)."""
+    live = await ctx.live.get()
+    return lambda tasks: wire.dumps_tasks(tasks, why(live))
+
+
 class TasksHandler(JSONHandler):
     """``POST /tasks`` adds a batch (all or nothing); ``GET /tasks`` lists a page in queue order."""
 
     async def post(self) -> None:
-        answer = await add_tasks(self.ctx, self.body())
+        key = self.request.headers.get(idempotency.HEADER)
+        if key is None:
+            answer = await add_tasks(self.ctx, self.body())
+        else:
+            encode = await _encoder(self.ctx)
+            answer = await idempotency.add_once(self.ctx, key, self.body(), encode)
         self.set_status(201)
         self.finish(answer)
 
@@ -372,6 +383,8 @@ class AddTasks(HTTPMessageDelegate):
     @staticmethod
     def accepts(request: HTTPServerRequest, ctx: Context) -> bool:
         """True when ``request`` passes ``check_request`` with a length within the limit."""
+        if idempotency.HEADER in request.headers:
+            return False  # TasksHandler serves a keyed add
         try:
             declared = check_request(request, ctx)
         except ApiError:

@@ -196,9 +196,22 @@ OPERATIONS: tuple[Operation, ...] = (
             "timestamp, unknown field, a key starting with '$'...), or the batch is empty or "
             "over --max-batch; 'index' names the item. Nothing was added.",
             409: "A recurring task of this handler and data is already queued or running (the "
-            "singleton rule). Nothing was added.",
+            "singleton rule), or the first request with this Idempotency-Key is still in "
+            "progress. Nothing was added.",
+            422: "This Idempotency-Key was used within 24 h with another request body. Nothing "
+            "was added.",
         },
         body="AddTasks",
+        headers={
+            "Idempotency-Key": Field(
+                {"type": "string", "minLength": 1, "maxLength": 255},
+                "Makes the add safe to repeat: a request with the same key and the same body "
+                "bytes within 24 h is answered the first 201 and body again and adds nothing "
+                "(only a 201 is kept). 1 to 255 visible ASCII characters, such as a UUID; 400 "
+                "when malformed.",
+                required=False,
+            )
+        },
     ),
     Operation(
         "get",

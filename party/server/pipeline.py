@@ -23,7 +23,14 @@ from urllib.parse import urlsplit
 from tornado.httputil import HTTPServerRequest, responses
 from tornado.web import HTTPError
 
-from ..errors import Conflict, NotFound, StoreUnavailable, TaskException, ValidationError
+from ..errors import (
+    Conflict,
+    KeyMismatch,
+    NotFound,
+    StoreUnavailable,
+    TaskException,
+    ValidationError,
+)
 from ..log import redact
 
 if TYPE_CHECKING:
@@ -44,6 +51,7 @@ STATUS_OF: dict[type[BaseException], int] = {
     ValidationError: 400,
     NotFound: 404,
     Conflict: 409,
+    KeyMismatch: 422,
     TaskException: 400,
     StoreUnavailable: 503,
 }

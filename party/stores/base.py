@@ -8,7 +8,7 @@ Imports only ``model``, ``errors`` and ``timestamps``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +36,42 @@ class Finding:
     value: str
     problem: str | None = None
     warning: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What a store keeps of an add under an idempotency key: the digest of the request it
+    answered, when, and the answer (None while that add is in progress, on a store that keeps
+    a reservation before the tasks)."""
+
+    digest: str
+    created: datetime
+    answer: bytes | None
+
+
+@dataclass(frozen=True)
+class KeyedAdd:
+    """An add under an idempotency key (``insert_many(..., key=)``): ``key`` is held by at most
+    one record (a unique index); a record created before ``expired_before`` counts as gone;
+    ``answer(tasks)`` builds the bytes kept for repeats from the tasks as stored."""
+
+    key: str
+    digest: str
+    created: datetime
+    expired_before: datetime
+    answer: Callable[[list[Task]], bytes]
+
+
+class KeyTaken(Exception):
+    """``insert_many(..., key=)`` found ``record`` under the key: nothing was added."""
+
+    def __init__(self, record: KeyRecord) -> None:
+        super().__init__("idempotency key already used")
+        self.record = record
+
+
+#: Statuses retention prunes (the ended ones); queued and running tasks are never pruned.
+PRUNABLE = (Status.COMPLETED, Status.FAILED, Status.DELETED)
 
 
 class Store(ABC):
@@ -69,12 +105,29 @@ class Store(ABC):
         raise NotImplementedError
 
     @abstractmethod
-    def insert_many(self, tasks: Sequence[Task]) -> list[Task]:
+    def insert_many(self, tasks: Sequence[Task], key: KeyedAdd | None = None) -> list[Task]:
         """Insert all of ``tasks`` or none of them; return them as stored, in the same order.
 
         Raises ``Conflict`` (with ``index`` of the first clashing task) when a ``singleton`` key is
         already held by a stored task or repeated within the batch; nothing is then left inserted.
+        With ``key``, the key's record is created with the tasks (a unique index: of two adds
+        under one key, one adds, the other raises ``KeyTaken`` with the record it found, having
+        added nothing); a record older than ``key.expired_before`` is replaced.
         """
+
+    def key_record(self, key: str) -> KeyRecord | None:
+        """The record kept under an idempotency key, or None (a read; no lock)."""
+        return None
+
+    def prune(self, statuses: Sequence[Status], before: datetime, limit: int) -> int:
+        """Remove up to ``limit`` tasks of ``statuses`` (ended ones only, ``PRUNABLE``) that ended
+        before ``before`` (``completed_on``, else ``created``), in one short write; add them to
+        the store's ``pruned`` counter in the same write; return how many went."""
+        return 0
+
+    def prune_keys(self, before: datetime, limit: int) -> int:
+        """Remove up to ``limit`` idempotency key records created before ``before``."""
+        return 0
 
     @abstractmethod
     def get(self, task_id: str) -> Task | None:
@@ -92,11 +145,21 @@ class Store(ABC):
         """Up to ``limit`` tasks in queue order, filtered by status and party, after ``after``."""
 
     @abstractmethod
-    def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
+    def claim(
+        self,
+        limit: int,
+        now: datetime,
+        lease_expires: datetime,
+        token: str,
+        limits: Mapping[str, int] | None = None,
+    ) -> list[Task]:
         """Atomically take up to ``limit`` due tasks, in queue order, and return them claimed.
 
         Each taken task becomes ``running`` with ``attempts`` + 1, ``lease`` = ``token`` and
         ``lease_expires`` set. A task is taken by at most one caller however many race for it.
+        ``limits`` (``{party: n}``) caps the running tasks of those parties, across every caller:
+        a due task of a party at its cap is passed over (the tasks behind it are taken in its
+        stead, in order) and the cap holds however many claimers race.
         """
 
     @abstractmethod
@@ -126,7 +189,8 @@ class Store(ABC):
     @abstractmethod
     def stats(self, now: datetime) -> dict[str, Any]:
         """Counts: ``{"statuses": {status: n}, "parties": {party: {status: n}}, "due": n,
-        "oldest_due": datetime | None}``; every status appears in ``statuses``."""
+        "oldest_due": datetime | None, "pruned": n}``; every status appears in ``statuses``;
+        ``pruned`` counts the tasks ``prune`` removed since the store was created."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -198,7 +262,7 @@ class Store(ABC):
 
 
 def assemble_stats(
-    groups: Iterable[tuple[str, str, int]], due: int, oldest_due: datetime | None
+    groups: Iterable[tuple[str, str, int]], due: int, oldest_due: datetime | None, pruned: int = 0
 ) -> dict[str, Any]:
     """The ``stats`` answer from (party, status, count) rows: every status appears."""
     statuses = dict.fromkeys(ALL_STATUSES, 0)
@@ -206,7 +270,10 @@ def assemble_stats(
     for party, status, count in groups:
         statuses[status] = statuses.get(status, 0) + count
         parties.setdefault(party, {})[status] = count
-    return {"statuses": statuses, "parties": parties, "due": due, "oldest_due": oldest_due}
+    return {
+        "statuses": statuses, "parties": parties, "due": due, "oldest_due": oldest_due,
+        "pruned": pruned,
+    }  # fmt: skip
 
 
 def check_batch_singletons(tasks: Sequence[Task]) -> None:

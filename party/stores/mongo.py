@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import pymongo
-from bson import ObjectId, encode
+from bson import Binary, ObjectId, encode
 from pymongo import MongoClient, ReadPreference, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import (
@@ -48,7 +48,11 @@ from ..errors import ConfigError, StoreUnavailable, ValidationError
 from ..model import Status, Task, Write
 from ..timestamps import format_timestamp, system_now
 from .base import (
+    PRUNABLE,
     Finding,
+    KeyedAdd,
+    KeyRecord,
+    KeyTaken,
     OrderKey,
     Store,
     assemble_stats,
@@ -227,7 +231,9 @@ class MongoStore(Store):
 
     # -- adding ----------------------------------------------------------------------------------
 
-    def insert_many(self, tasks: Sequence[Task]) -> list[Task]:
+    def insert_many(self, tasks: Sequence[Task], key: KeyedAdd | None = None) -> list[Task]:
+        if key is not None:
+            return self._insert_keyed(tasks, key)
         check_batch_singletons(tasks)
         if not tasks:
             return []
@@ -404,19 +410,30 @@ class MongoStore(Store):
             groups = list(self._tasks.aggregate(pipeline))
             count = self._tasks.count_documents(due(now))
             oldest = self._tasks.find_one(due(now), {"timestamp": 1}, sort=ORDER)
+            pruned = self._meta.find_one({"_id": "pruned"}) or {}
         rows = ((g["_id"]["party"], g["_id"]["status"], g["n"]) for g in groups)
-        return assemble_stats(rows, count, None if oldest is None else oldest["timestamp"])
+        oldest_due = None if oldest is None else oldest["timestamp"]
+        return assemble_stats(rows, count, oldest_due, int(pruned.get("n", 0)))
 
     # -- claiming and fenced writes --------------------------------------------------------------
 
-    def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
+    def claim(
+        self,
+        limit: int,
+        now: datetime,
+        lease_expires: datetime,
+        token: str,
+        limits: Mapping[str, int] | None = None,
+    ) -> list[Task]:
         update = claim_update(token, lease_expires)
         won: list[Task] = []
         with guard():
             self._tasks.update_many(*undelay(now))
         try:
             with guard():
-                while len(won) < limit:
+                if limits:
+                    self._claim_limited(limit, now, update, limits, won)
+                while not limits and len(won) < limit:
                     # The head of the queue, taken atomically: two claimers never take one task,
                     # and the one that comes second takes the next instead of losing a race.
                     doc = self._tasks.find_one_and_update(
@@ -434,6 +451,66 @@ class MongoStore(Store):
                 return won
             raise
         return won
+
+    def _claim_limited(
+        self,
+        limit: int,
+        now: datetime,
+        update: dict[str, Any],
+        limits: Mapping[str, int],
+        won: list[Task],
+    ) -> None:
+        """``claim`` with caps, into ``won``: read the heads of the queue in order, leaving out
+        the parties found at their cap, and take each head by id (an uncapped one as is, a
+        capped one with a free slot of its party: the unique ``tasks_slot`` index lets at most
+        ``cap`` tasks of it run, however many claimers race)."""
+        full: set[str] = set()
+        while len(won) < limit:
+            query = claimable(now)
+            if full:
+                query["party"] = {"$nin": sorted(full)}
+            heads = list(self._tasks.find(query, {"party": 1}).sort(ORDER).limit(limit - len(won)))
+            if not heads:
+                return
+            for head in heads:
+                party = head["party"]
+                if party in full:
+                    continue
+                one = {**claimable(now), "_id": head["_id"]}
+                if party in limits:
+                    doc = self._claim_slot(one, update, party, limits[party])
+                    if doc is _AT_CAP:
+                        full.add(party)
+                        continue
+                else:
+                    doc = self._tasks.find_one_and_update(
+                        one, update, return_document=ReturnDocument.AFTER
+                    )
+                if doc is not None:  # None: another claimer took it first
+                    won.append(doc_to_task(doc))
+                if len(won) == limit:
+                    return
+
+    def _claim_slot(self, one: dict[str, Any], update: dict[str, Any], party: str, cap: int) -> Any:
+        """Claim the task of filter ``one`` in a free slot of ``party``: its document, None when
+        the task was taken meanwhile, ``_AT_CAP`` when ``cap`` tasks of it run (a force-run
+        counts while it runs, as on SQLite, though it holds no slot)."""
+        running = list(self._tasks.find({"status": "running", "party": party}, {"slot": 1}))
+        if len(running) >= cap:
+            return _AT_CAP
+        taken = {doc.get("slot") for doc in running}
+        for n in range(cap):
+            slot = f"{party}#{n}"
+            if slot in taken:
+                continue
+            slotted = {**update, "$set": {**update["$set"], "slot": slot}}
+            try:
+                return self._tasks.find_one_and_update(
+                    one, slotted, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:
+                continue  # another claimer filled this slot since the look above
+        return _AT_CAP
 
     def _unclaim(self, token: str, keep: list[str]) -> None:
         try:
@@ -515,6 +592,151 @@ class MongoStore(Store):
         if write.lease is None:
             return False
         return landed(write, self._tasks.find_one({"_id": ObjectId(write.task_id)}))
+
+    # -- retention and idempotent adds ------------------------------------------------------------
+
+    @property
+    def _meta(self) -> Collection:
+        """Counters that outlive the tasks they count (``pruned``)."""
+        return self._tasks.database.get_collection(
+            self._tasks.name + ".meta", write_concern=self._tasks.write_concern
+        )
+
+    @property
+    def _keys(self) -> Collection:
+        """Records of adds under an idempotency key, by key (``_id``: unique)."""
+        return self._tasks.database.get_collection(
+            self._tasks.name + ".keys", write_concern=self._tasks.write_concern
+        )
+
+    def prune(self, statuses: Sequence[Status], before: datetime, limit: int) -> int:
+        """Batched deletes, not a TTL index: a TTL index deletes on the server's schedule (about
+        once a minute, in batches of its own choosing), keeps one fixed age per index (the
+        settings would need a ``collMod`` at every change) and cannot tell ``completed_on``
+        from ``created`` or keep the ``pruned`` counter. The counter is bumped right after the
+        delete (no transaction): a crash in between undercounts that one batch."""
+        chosen = [str(status) for status in statuses if status in PRUNABLE]
+        if not chosen or limit <= 0:
+            return 0
+        query = {
+            "status": {"$in": chosen},
+            "$or": [
+                {"completed_on": {"$lt": before}},
+                {"completed_on": None, "created": {"$lt": before}},
+            ],
+        }
+        with guard():
+            ids = [doc["_id"] for doc in self._tasks.find(query, {"_id": 1}).limit(limit)]
+            if not ids:
+                return 0
+            removed = self._tasks.delete_many({"_id": {"$in": ids}, "status": {"$in": chosen}})
+            count = int(removed.deleted_count)
+            if count:
+                self._meta.update_one({"_id": "pruned"}, {"$inc": {"n": count}}, upsert=True)
+        return count
+
+    def prune_keys(self, before: datetime, limit: int) -> int:
+        with guard():
+            keys = self._keys
+            ids = [doc["_id"] for doc in keys.find({"created": {"$lt": before}}, {"_id": 1})
+                   .limit(limit)]  # fmt: skip
+            if not ids:
+                return 0
+            return int(keys.delete_many({"_id": {"$in": ids}, "created": {"$lt": before}})
+                       .deleted_count)  # fmt: skip
+
+    def key_record(self, key: str) -> KeyRecord | None:
+        with guard():
+            doc = self._keys.find_one({"_id": key})
+        return None if doc is None else _key_record(doc)
+
+    def _insert_keyed(self, tasks: Sequence[Task], key: KeyedAdd) -> list[Task]:
+        """An add under ``key``: a reservation first (the key is the ``_id``, so of two adds
+        racing with one key one reserves, the other gets ``KeyTaken``), then the tasks (one
+        transaction on a replica set), then the answer. Between two of these steps the key
+        reads "in progress" (409); a reservation left so for ``KEY_STALE`` by a process that
+        died is settled by the next add with that key: its tasks, if they went in, give the
+        answer, else the reservation is taken over and the batch added."""
+        record = {
+            "_id": key.key,
+            "digest": key.digest,
+            "created": truncate_to_millis(key.created),
+            "ids": [ObjectId(task.id) for task in tasks],
+            "answer": None,
+        }
+        self._reserve(key, record)
+        try:
+            stored = self.insert_many(tasks)
+        except BaseException:
+            try:
+                with guard():  # nothing was added: the key is free again
+                    self._keys.delete_one({"_id": key.key, "created": record["created"],
+                                           "answer": None})  # fmt: skip
+            except (StoreUnavailable, PyMongoError) as exc:
+                logger.warning("MongoDB: key %r stays reserved (%s)", key.key, scrub(str(exc)))
+            raise
+        with guard():
+            self._keys.update_one(
+                {"_id": key.key, "created": record["created"]},
+                {"$set": {"answer": Binary(key.answer(stored))}},
+            )
+        return stored
+
+    def _reserve(self, key: KeyedAdd, record: dict[str, Any]) -> None:
+        """Insert ``record`` under its key, replacing an expired or abandoned one; else raise
+        ``KeyTaken`` with the live record."""
+        for _ in range(5):
+            try:
+                with guard():
+                    self._keys.insert_one(record)
+                return
+            except DuplicateKeyError:
+                pass
+            with guard():
+                found = self._keys.find_one({"_id": key.key})
+            if found is None:
+                continue  # pruned meanwhile: try again
+            expired = found["created"] < key.expired_before
+            abandoned = (
+                found.get("answer") is None
+                and found["digest"] == key.digest
+                and found["created"] < key.created - KEY_STALE
+            )
+            if abandoned and not expired:
+                answer = self._settle(found, key)
+                if answer is not None:
+                    found = {**found, "answer": answer}
+                    raise KeyTaken(_key_record(found))
+            if expired or abandoned:
+                with guard():  # conditional on what was read: one replacer wins
+                    if self._keys.find_one_and_replace(
+                        {
+                            "_id": key.key,
+                            "created": found["created"],
+                            "answer": found.get("answer"),
+                        },
+                        record,
+                    ):
+                        return
+                continue
+            raise KeyTaken(_key_record(found))
+        raise StoreUnavailable(f"MongoDB: the record of idempotency key {key.key!r} keeps changing")
+
+    def _settle(self, found: dict[str, Any], key: KeyedAdd) -> bytes | None:
+        """The answer of an abandoned reservation whose tasks went in (kept now), or None when
+        none did (the add never happened)."""
+        with guard():
+            docs = {doc["_id"]: doc for doc in self._tasks.find(
+                {"_id": {"$in": found.get("ids", [])}, "status": {"$in": VISIBLE}})}  # fmt: skip
+        if not docs:
+            return None
+        answer = key.answer([doc_to_task(docs[i]) for i in found["ids"] if i in docs])
+        with guard():
+            self._keys.update_one(
+                {"_id": key.key, "created": found["created"], "answer": None},
+                {"$set": {"answer": Binary(answer)}},
+            )
+        return answer
 
     # -- schedulers ------------------------------------------------------------------------------
 
@@ -636,6 +858,17 @@ class MongoStore(Store):
         """The winning plan of the due-task query (for benchmarks and tests on a real server)."""
         with guard():
             return self._tasks.find(claimable(now)).sort(ORDER).limit(16).explain()
+
+
+#: What ``_claim_slot`` answers for a handler at its cap.
+_AT_CAP = object()
+#: An idempotency key reserved this long without an answer was left by a process that died.
+KEY_STALE = timedelta(minutes=1)
+
+
+def _key_record(doc: dict[str, Any]) -> KeyRecord:
+    answer = doc.get("answer")
+    return KeyRecord(doc["digest"], doc["created"], None if answer is None else bytes(answer))
 
 
 def _unstorable_failure(write: Write, reason: str) -> dict[str, Any]:

@@ -73,6 +73,20 @@ INDEXES: dict[str, tuple[_Keys, dict[str, Any]]] = {
     "tasks_run_at": ([("run_at", 1)], {"partialFilterExpression": {"status": "queued"}}),
     # Expired leases.
     "tasks_lease": ([("lease_expires", 1)], {"partialFilterExpression": {"status": "running"}}),
+    # Retention: the ended tasks by their end (those deleted before a run go by tasks_order).
+    "tasks_ended": (
+        [("status", 1), ("completed_on", 1)],
+        {"partialFilterExpression": {"completed_on": {"$exists": True}}},
+    ),
+    # max_running: a running task of a capped handler holds one of its slots ("<party>#<n>"),
+    # at most one task per slot; a task that stops running leaves the index with its status.
+    "tasks_slot": (
+        [("slot", 1)],
+        {
+            "unique": True,
+            "partialFilterExpression": {"status": "running", "slot": {"$exists": True}},
+        },
+    ),
     # At most one live recurring task per (party, data).
     "tasks_singleton": (
         [("singleton", 1)],

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
@@ -38,7 +38,11 @@ from ..model import (
 )
 from ..timestamps import from_micros, to_micros
 from .base import (
+    PRUNABLE,
     Finding,
+    KeyedAdd,
+    KeyRecord,
+    KeyTaken,
     OrderKey,
     Store,
     assemble_stats,
@@ -49,7 +53,7 @@ from .wakeup import Listener, Notifier, channel_dir, listener_or_none
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 {tasks_table}
@@ -67,6 +71,22 @@ DROP INDEX IF EXISTS tasks_lease;
 DROP INDEX IF EXISTS tasks_singleton;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_live_singleton ON tasks (singleton)
     WHERE singleton IS NOT NULL;
+-- Retention (prune): the ended tasks by the time they ended. Partial, so queued and running
+-- tasks cost no entry; a task gains one when it ends. Replaces nothing: new in version 5.
+CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (status, coalesce(completed_on, created))
+    WHERE status IN ('completed', 'failed', 'deleted');
+-- Counters that outlive the tasks they count: 'pruned' (tasks removed by retention).
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('pruned', 0);
+-- Adds under an Idempotency-Key: the key (unique), the digest of the request, when, and the
+-- answer kept for repeats; written in the transaction of the add's tasks.
+CREATE TABLE IF NOT EXISTS idempotency (
+    key     TEXT PRIMARY KEY,
+    digest  TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    answer  BLOB
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);
 -- Schedulers' heartbeats (beat, schedulers): one JSON record each, by scheduler id.
 CREATE TABLE IF NOT EXISTS schedulers (
     id        TEXT PRIMARY KEY,
@@ -166,6 +186,19 @@ _DELAYED = (
 _OLDEST_DUE = (
     "SELECT timestamp FROM tasks WHERE status = 'queued' AND timestamp <= ? AND run_at <= ? "
     "ORDER BY status, timestamp LIMIT 1"
+)
+
+# The WHERE of tasks_ended, written as its definition writes it: SQLite uses a partial index only
+# for a query that repeats its condition.
+_ENDED = "status IN ('completed', 'failed', 'deleted')"
+_PRUNE = (
+    "DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks INDEXED BY tasks_ended WHERE "
+    + _ENDED
+    + " AND status IN ({statuses}) AND coalesce(completed_on, created) < ? LIMIT ?)"
+)
+_PRUNE_KEYS = (
+    "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created < ? "
+    "LIMIT ?)"
 )
 
 _EMPTY_OBJECT = "{}"
@@ -780,7 +813,7 @@ class SqliteStore(Store):
             with self._lock:
                 self._checkpoint()
 
-    def insert_many(self, tasks: Sequence[Task]) -> list[Task]:
+    def insert_many(self, tasks: Sequence[Task], key: KeyedAdd | None = None) -> list[Task]:
         check_batch_singletons(tasks)
         micros = _Micros()
         fresh: list[tuple[Any, ...]] = []
@@ -790,7 +823,20 @@ class SqliteStore(Store):
             (fresh if is_fresh else other).append(row)
         with self._guard(write=True) as db:
             try:
-                if len(tasks) == 1:
+                if key is not None:
+                    # The key's record and the tasks commit together: a repeat finds both or
+                    # neither, and of two adds racing with one key the unique key lets one in.
+                    with self._transaction():
+                        self._hold_key(db, key)
+                        if fresh:
+                            db.executemany(INSERT_FRESH, fresh)
+                        if other:
+                            db.executemany(INSERT, other)
+                        db.execute(
+                            "UPDATE idempotency SET answer = ? WHERE key = ?",
+                            (key.answer(list(tasks)), key.key),
+                        )
+                elif len(tasks) == 1:
                     # One row is one statement, which in autocommit mode is its own transaction:
                     # it takes the write lock as it starts (as BEGIN IMMEDIATE does) and commits
                     # as it ends, without the round trips of two more statements.
@@ -808,6 +854,52 @@ class SqliteStore(Store):
                 raise singleton_conflict(tasks[clash], clash) from None
         self.notify()
         return list(tasks)
+
+    def _hold_key(self, db: sqlite3.Connection, key: KeyedAdd) -> None:
+        """Create the record of ``key`` in the open transaction (an expired one is replaced), or
+        raise ``KeyTaken`` with the live record found."""
+        db.execute(
+            "DELETE FROM idempotency WHERE key = ? AND created < ?",
+            (key.key, to_micros(key.expired_before)),
+        )
+        try:
+            db.execute(
+                "INSERT INTO idempotency (key, digest, created) VALUES (?, ?, ?)",
+                (key.key, key.digest, to_micros(key.created)),
+            )
+        except sqlite3.IntegrityError:
+            record = self._key_record(db, key.key)
+            if record is None:  # pragma: no cover - the write lock is held: it cannot vanish
+                raise
+            raise KeyTaken(record) from None
+
+    def key_record(self, key: str) -> KeyRecord | None:
+        with self._guard() as db:
+            return self._key_record(db, key)
+
+    @staticmethod
+    def _key_record(db: sqlite3.Connection, key: str) -> KeyRecord | None:
+        row = db.execute(
+            "SELECT digest, created, answer FROM idempotency WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        return KeyRecord(row[0], from_micros(row[1]), None if row[2] is None else bytes(row[2]))
+
+    def prune(self, statuses: Sequence[Status], before: datetime, limit: int) -> int:
+        chosen = [str(status) for status in statuses if status in PRUNABLE]
+        if not chosen or limit <= 0:
+            return 0
+        sql = _PRUNE.format(statuses=", ".join(f"'{status}'" for status in chosen))
+        with self._guard(write=True) as db, self._transaction():
+            removed = db.execute(sql, (to_micros(before), limit)).rowcount
+            if removed:
+                db.execute("UPDATE meta SET value = value + ? WHERE name = 'pruned'", (removed,))
+        return int(removed)
+
+    def prune_keys(self, before: datetime, limit: int) -> int:
+        with self._guard(write=True) as db:
+            return int(db.execute(_PRUNE_KEYS, (to_micros(before), limit)).rowcount)
 
     def _first_singleton_clash(self, tasks: Sequence[Task]) -> int | None:
         for index, task in enumerate(tasks):
@@ -849,7 +941,16 @@ class SqliteStore(Store):
             rows = db.execute(SELECT + where + ORDER + " LIMIT ?", (*params, limit)).fetchall()
         return [_row_to_task(row) for row in rows]
 
-    def claim(self, limit: int, now: datetime, lease_expires: datetime, token: str) -> list[Task]:
+    def claim(
+        self,
+        limit: int,
+        now: datetime,
+        lease_expires: datetime,
+        token: str,
+        limits: Mapping[str, int] | None = None,
+    ) -> list[Task]:
+        if limits:
+            return self._claim_limited(limit, now, lease_expires, token, limits)
         # By rowid, not id: the id would be looked up again in its own index for every row.
         now_us = to_micros(now)
         sql = (
@@ -863,6 +964,68 @@ class SqliteStore(Store):
             ).fetchall()
         tasks = [_row_to_task(row) for row in rows]
         tasks.sort(key=lambda t: t.order_key)  # RETURNING gives no order guarantee
+        return tasks
+
+    def _claim_limited(
+        self,
+        limit: int,
+        now: datetime,
+        lease_expires: datetime,
+        token: str,
+        limits: Mapping[str, int],
+    ) -> list[Task]:
+        """``claim`` with caps: in one write transaction (so no other claim runs in between),
+        read the running count of each capped party (the ``counts`` table, kept by triggers),
+        then walk the due tasks in queue order, leaving out the parties at their cap (in the
+        query itself, so that a long run of their tasks at the head costs no round trips),
+        and take what fits."""
+        now_us = to_micros(now)
+        parties = list(limits)
+        marks = ", ".join("?" * len(parties))
+        chosen: list[int] = []
+        with self._guard(write=True) as db, self._transaction():
+            running = dict(
+                db.execute(
+                    f"SELECT party, n FROM counts WHERE status = 'running' AND party IN ({marks})",
+                    parties,
+                ).fetchall()
+            )
+            room = {party: cap - running.get(party, 0) for party, cap in limits.items()}
+            after: tuple[Any, ...] | None = None
+            while len(chosen) < limit:
+                full = [party for party, left in room.items() if left <= 0]
+                sql = (
+                    "SELECT rowid, party, timestamp, attempts, created, id FROM tasks "
+                    "WHERE status = 'queued' AND timestamp <= ? AND run_at <= ?"
+                )
+                params: list[Any] = [now_us, now_us]
+                if full:
+                    sql += f" AND party NOT IN ({', '.join('?' * len(full))})"
+                    params += full
+                if after is not None:
+                    sql += " AND (timestamp, attempts, created, id) > (?, ?, ?, ?)"
+                    params += after
+                want = limit - len(chosen)
+                rows = db.execute(sql + ORDER + " LIMIT ?", (*params, want)).fetchall()
+                for rowid, party, *_key in rows:
+                    left = room.get(party)
+                    if left is not None:
+                        if left <= 0:
+                            continue
+                        room[party] = left - 1
+                    chosen.append(rowid)
+                if len(rows) < want:
+                    break
+                after = tuple(rows[-1][2:])
+            if not chosen:
+                return []
+            rows = db.execute(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, lease = ?, "
+                f"lease_expires = ? WHERE rowid IN ({', '.join('?' * len(chosen))})" + RETURNING,
+                (token, to_micros(lease_expires), *chosen),
+            ).fetchall()
+        tasks = [_row_to_task(row) for row in rows]
+        tasks.sort(key=lambda t: t.order_key)
         return tasks
 
     def claim_id(self, task_id: str, lease_expires: datetime, token: str) -> Task | None:
@@ -939,7 +1102,9 @@ class SqliteStore(Store):
                     break
                 cap *= 4
             row = db.execute(_OLDEST_DUE, (now_us, now_us)).fetchone()
-        return assemble_stats(groups, due, None if row is None else from_micros(row[0]))
+            pruned = db.execute("SELECT value FROM meta WHERE name = 'pruned'").fetchone()[0]
+        oldest = None if row is None else from_micros(row[0])
+        return assemble_stats(groups, due, oldest, pruned)
 
     def beat(self, record: dict[str, Any], now: datetime) -> None:
         with self._guard(write=True) as db:
