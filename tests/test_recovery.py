@@ -17,15 +17,24 @@ from party.pool import owner
 from party.queue import TaskQueue
 
 
+def dead_owner():
+    """The owner string of a process that lived and is gone (read while it still ran: a process
+    that already exited has no start time to read)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)  # fmt: skip
+    who = owner.identity(proc.pid)
+    proc.communicate(timeout=30)
+    assert who is not None
+    return who
+
+
 def test_this_process_is_not_gone():
     assert not owner.is_gone(owner.identity())
 
 
 @pytest.mark.processes
 def test_an_exited_process_is_gone():
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    me = owner.identity(proc.pid)
-    proc.wait()
+    me = dead_owner()
     assert me is not None and owner.is_gone(me)
 
 
@@ -47,9 +56,7 @@ def test_an_owner_of_another_pid_namespace_or_boot_is_never_called_gone():
 
 @pytest.mark.processes
 def test_orphaned_leases_are_recovered_at_once_and_live_ones_are_left(store, registry, clock):
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead = owner.identity(proc.pid)
-    proc.wait()
+    dead = dead_owner()
     gone = TaskQueue(store, registry, lease_seconds=60, clock=clock, owner=dead)
     alive = TaskQueue(store, registry, lease_seconds=60, clock=clock, owner=owner.identity())
     anonymous = TaskQueue(store, registry, lease_seconds=60, clock=clock)
@@ -84,11 +91,10 @@ def test_a_scheduler_leaves_its_own_dead_workers_leases_to_its_pool(store, regis
     class Pool:  # stands for a pool that has not yet noticed its worker died
         pids = []
 
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead = owner.identity(proc.pid)
-    proc.wait()
+    dead = dead_owner()
+    pid = owner.pid_of(dead)
     scheduler = Scheduler(TaskQueue(store, registry, clock=clock), Pool())
     assert scheduler._orphaned(dead)
-    Pool.pids = [proc.pid]
+    Pool.pids = [pid]
     # The pool fails the run and hands back the unstarted tasks without an attempt: not this pass.
     assert not scheduler._orphaned(dead)

@@ -325,19 +325,20 @@ def test_two_idle_schedulers_woken_together_run_a_new_task_once(sched):
 
 
 def test_a_stalled_scheduler_never_lets_two_workers_run_one_task(sched):
+    # Runs longer than their lease (3 s, renewed every second), as in the report.
     tasks = sched.add(
-        *[{"party": "Span", "data": {"seconds": 4, "log": str(sched.log)}} for _ in range(2)]
+        *[{"party": "Span", "data": {"seconds": 5, "log": str(sched.log)}} for _ in range(2)]
     )
-    first = sched.start(workers=2, lease=1.5, poll=0.2)
+    first = sched.start(workers=2, lease=3, poll=0.2)
     starts = lambda: [r for r in sched.runs() if r.get("edge") == "start"]  # noqa: E731
     wait_until(lambda: len(starts()) == 2, 10, "both runs to start")
     os.kill(first.pid, signal.SIGSTOP)  # the scheduler's own process only: its workers go on
     try:
-        sched.start(workers=2, lease=1.5, poll=0.2)
-        wait_until(lambda: sched.count(Status.COMPLETED) == 2, 20, "both tasks to complete")
+        sched.start(workers=2, lease=3, poll=0.2)
+        wait_until(lambda: sched.count(Status.COMPLETED) == 2, 40, "both tasks to complete")
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    # Leases outlived the 1.5 s lease because the workers renewed them: nobody ran a task twice.
+    # Leases outlived the 3 s lease because the workers renewed them: nobody ran a task twice.
     assert sorted(r["id"] for r in starts()) == sorted(t.id for t in tasks)
     assert {(r["id"], r["attempts"]) for r in sched.runs()} == {(t.id, 1) for t in tasks}
 
