@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "schedulers", parents=[client], help="the live schedulers and what their workers run"
     )
+    commands.add_parser(
+        "schedules", parents=[client], help="the declared schedules, their next slot and task"
+    )
     commands.add_parser("health", parents=[client], help="check that the server and store answer")
     check = commands.add_parser(
         "check", help="check the configured store before going live (no server needed)"
@@ -188,6 +191,9 @@ def _run_client(args: argparse.Namespace) -> int:
         elif args.command == "schedulers":
             answer = con.request("/schedulers")
             _print(args, answer, lambda: _print_schedulers(answer["schedulers"]))
+        elif args.command == "schedules":
+            answer = con.request("/schedules")
+            _print(args, answer, lambda: _print_schedules(answer["schedules"]))
         else:
             answer = con.request("/health")
             _print(args, answer, lambda: print(answer.get("status", answer)))
@@ -278,6 +284,16 @@ def _print_schedulers(schedulers: list[dict[str, Any]]) -> None:
         _table(["SCHEDULER", "WORKER", "PID", "TASK", "HANDLER", "SINCE"],
                [[s["id"], str(run.get("worker", "-")), str(run.get("pid", "-")), run["_id"],
                  run["party"], run["since"]] for s, run in running])  # fmt: skip
+
+
+def _print_schedules(schedules: list[dict[str, Any]]) -> None:
+    rows = []
+    for s in schedules:
+        when = s["schedule"] if s.get("schedule") else f"every {s.get('every'):g}s"
+        zone = s.get("timezone") or "UTC"
+        task = s.get("task") or {}
+        rows.append([s["party"], _cell(when), zone, str(s.get("next")), task.get("_id") or "-"])
+    _table(["PARTY", "SCHEDULE", "TIMEZONE", "NEXT", "TASK"], rows)
 
 
 def _cell(value: Any, width: int = 40) -> str:

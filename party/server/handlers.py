@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import tornado
@@ -33,10 +34,11 @@ from tornado.httputil import (
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from .. import log, metrics
+from .. import log, metrics, schedule
 from ..errors import StoreBusy, StoreUnavailable, TaskException
-from ..model import Status, Task
-from ..views import Live
+from ..model import Status, Task, singleton_key
+from ..timestamps import format_timestamp as iso
+from ..views import Live, Views
 from . import idempotency, openapi, wire
 from .liveness import why
 from .pipeline import (
@@ -279,6 +281,44 @@ class SchedulersHandler(JSONHandler):
     async def get(self) -> None:
         live = await self.ctx.live.get()
         self.send_json({"schedulers": [wire.encode_scheduler(r) for r in live.schedulers]})
+
+
+class SchedulesHandler(JSONHandler):
+    """``GET /schedules``: the schedules the live schedulers declare (``schedule.latest``: the
+    one started last wins), each with its next slot and its live task."""
+
+    async def get(self) -> None:
+        live = await self.ctx.live.get()
+        declared = schedule.latest(live.schedulers)
+        views, now = self.ctx.views, live.at
+        rows = await self.ctx.calls(lambda: _schedules(views, declared, now), writes=False)
+        self.send_json({"schedules": rows})
+
+
+def _schedules(
+    views: Views, declared: dict[str, schedule.Declaration], now: datetime
+) -> list[dict[str, Any]]:
+    rows = []
+    for party, decl in sorted(declared.items()):
+        key = singleton_key(party, decl.data)
+        task = next(
+            (t for status in (Status.QUEUED, Status.RUNNING)
+             for t in views.list(status=status, party=party, limit=1000) if t.singleton == key),
+            None,
+        )  # fmt: skip
+        if task is None:
+            when = decl.first(now)
+        elif task.status == Status.QUEUED:
+            when = task.timestamp
+        else:
+            when = decl.after(task.timestamp, now)
+        rows.append({
+            "party": party, "schedule": decl.schedule, "every": decl.every,
+            "timezone": decl.timezone, "data": decl.data, "next": iso(when),
+            "task": None if task is None else {"_id": task.id,
+                                               "timestamp": iso(task.timestamp)},
+        })  # fmt: skip
+    return rows
 
 
 class MetricsHandler(JSONHandler):

@@ -274,22 +274,21 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get",
-        "/health",
-        "getHealth",
-        "Whether the store takes writes",
-        {200: Answer("The store took a write within about a second.", "Health")},
-        description="Needs no token; answers within about a second whatever the store does. "
-        "503 names the reason.",
-        token=False,
-    ),
-    Operation(
-        "get",
         "/schedulers",
         "listSchedulers",
         "The live schedulers and what their workers run",
         {200: Answer("The schedulers whose last beat is within three beats.", "Schedulers")},
         description="From the heartbeat each scheduler writes to the store every 2 s; a stopped "
         "scheduler, or one silent for 6 s, is not listed.",
+    ),
+    Operation(
+        "get",
+        "/schedules",
+        "listSchedules",
+        "The schedules declared on handler classes, with their next slot and task",
+        {200: Answer("The declared schedules of the live schedulers' handlers.", "Schedules")},
+        description="From the heartbeats of the live schedulers (each carries the schedules of "
+        "the handlers it loaded) and the store's live task of each.",
     ),
     Operation(
         "get",
@@ -325,6 +324,16 @@ OPERATIONS: tuple[Operation, ...] = (
         },
         description="Pages below /ui (login, tasks, task, schedulers) are HTML for a browser; "
         "with a token, a login form sets an HttpOnly, SameSite=Strict session cookie.",
+        token=False,
+    ),
+    Operation(
+        "get",
+        "/health",
+        "getHealth",
+        "Whether the store takes writes",
+        {200: Answer("The store took a write within about a second.", "Health")},
+        description="Needs no token; answers within about a second whatever the store does. "
+        "503 names the reason.",
         token=False,
     ),
     Operation(

@@ -197,6 +197,26 @@ SCHEDULERS = Shape(
     "The live schedulers on the store (a beat within three beats, not stopped).",
     {"schedulers": Field({"type": "array", "items": ref("Scheduler")}, "oldest start first")},
 )
+SCHEDULE = Shape(
+    "A schedule declared on a handler class, as the live schedulers that loaded it declare it.",
+    {
+        "party": Field({"type": "string"}, "the handler"),
+        "schedule": Field(nullable({"type": "string"}), "its cron expression, or null"),
+        "every": Field(nullable({"type": "number"}), "its interval in seconds, or null"),
+        "timezone": Field({"type": "string"}, "the IANA time zone the cron is read in"),
+        "data": Field({"type": "object"}, "the data of its task (schedule_data)", False),
+        "next": Field(TIME, "its next slot: the queued task's time, or the next one computed"),
+        "task": Field(nullable(ref("ScheduledTask")), "its live (queued or running) task, or null"),
+    },
+)
+SCHEDULED_TASK = Shape(
+    "The live task of a declared schedule.",
+    {"_id": Field(TASK_ID, "the task's id"), "timestamp": Field(TIME, "its slot")},
+)
+SCHEDULES = Shape(
+    "What the live schedulers declare (the scheduler started last wins where they differ).",
+    {"schedules": Field({"type": "array", "items": ref("Schedule")}, "by handler name")},
+)
 TASK_ERROR = Shape(
     "How a run failed.",
     {
@@ -310,6 +330,9 @@ SHAPES: Mapping[str, Shape] = {
     "RunNow": RUN_NOW,
     "Scheduler": SCHEDULER,
     "Schedulers": SCHEDULERS,
+    "Schedule": SCHEDULE,
+    "ScheduledTask": SCHEDULED_TASK,
+    "Schedules": SCHEDULES,
     "Health": HEALTH,
     "Error": ERROR,
 }
