@@ -119,3 +119,17 @@ def test_the_cap_holds_across_a_kill_9_and_the_recovery_of_the_run(rig):
     victim.wait()
     wait_for(lambda: rig.completed("OneAtATime") == 6, 60, "every task to complete")
     _never_overlap(_intervals(rig.events(), "OneAtATime", killed_at))
+
+
+def test_a_bad_max_running_stops_the_scheduler_naming_the_handler(tmp_path):
+    (tmp_path / "bad.py").write_text(
+        "from party import TaskBase\n\n\nclass Bad(TaskBase):\n    max_running = 0\n\n"
+        "    def run(self):\n        pass\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scheduler"), "--store", f"sqlite:///{tmp_path / 'p.db'}",
+         "--tasks", str(tmp_path / "bad.py"), "--workers", "1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "handler Bad: max_running must be an integer >= 1" in out.stderr

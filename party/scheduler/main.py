@@ -21,7 +21,7 @@ from .. import config
 from ..errors import ConfigError, RegistryError, StoreUnavailable
 from ..log import SCHEDULER, redact, setup_logging
 from ..pool import ClaimPolicy, WorkerPool
-from ..queue import TaskQueue
+from ..queue import TaskQueue, running_limits
 from ..registry import discover
 from ..stores import load_backend
 from ..timestamps import system_now
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         registry = discover(settings.tasks)
+        running_limits(registry)  # a bad max_running stops the scheduler here, named
     except RegistryError as exc:
         logger.error("%s", exc)
         return 2
