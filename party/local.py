@@ -16,6 +16,8 @@ handle before forking its workers). Imports ``config``, ``registry``, ``stores``
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -23,13 +25,14 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from . import config
 from .admission import check_items
 from .errors import ValidationError
 from .model import TASK_FIELDS, Kind, Task, Wire
-from .queue import TaskQueue
+from .queue import TaskQueue, check_key
 from .registry import Registry, discover
 from .stores import Store, open_store
 
@@ -85,26 +88,37 @@ class LocalQueue:
     # -- the calls -----------------------------------------------------------------------------
 
     def add(
-        self, party: str, data: Mapping[str, Any] | None = None, timestamp: Any = None
+        self,
+        party: str,
+        data: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Add one task of handler ``party``; return it as stored.
 
         ``timestamp`` is a datetime (naive means UTC) or any form ``POST /tasks`` accepts; None
-        means now. Raises ``ValidationError`` or ``Conflict`` (a live recurring singleton).
+        means now. Raises ``ValidationError`` or ``Conflict`` (a live recurring singleton). With
+        ``idempotency_key``, as ``add_many``.
         """
         item: dict[str, Any] = {"party": party}
         if data is not None:
             item["data"] = data
         if timestamp is not None:
             item["timestamp"] = timestamp
-        return self._add([item])[0]
+        return self._add([item], idempotency_key)[0]
 
-    def add_many(self, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def add_many(
+        self, items: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> list[dict[str, Any]]:
         """Add ``{"party", "data", "timestamp"}`` items all or nothing; return them in order.
 
         Raises ``ValidationError`` (``index`` names the item) or ``Conflict``; nothing is then
         written. No batch limit applies (``--max-batch`` bounds a request); an empty batch adds
-        nothing.
+        nothing. With ``idempotency_key`` (1 to 255 visible ASCII characters), a repeat within
+        24 h with equal items returns the first call's tasks and adds nothing, and the key with
+        other items raises ``KeyMismatch``, as ``Idempotency-Key`` does over HTTP (the keys are
+        shared with it; items are compared as canonical JSON, not as request bytes).
         """
         if isinstance(items, Mapping | str):
             raise ValidationError(
@@ -112,10 +126,12 @@ class LocalQueue:
                 "add() adds one task"
             )
         items = list(items)
-        return self._add(items) if items else []
+        return self._add(items, idempotency_key) if items else []
 
-    def _add(self, items: list[Any]) -> list[dict[str, Any]]:
+    def _add(self, items: list[Any], key: str | None = None) -> list[dict[str, Any]]:
         check_items(items)
+        if key is not None:
+            return self._add_once(items, check_key(key))
         queue = self._enter()
         try:
             tasks = queue.add(items)
@@ -123,6 +139,21 @@ class LocalQueue:
             self._leave()
         # As over HTTP, the answer's data is a copy of what was stored, not the caller's object.
         return [task_dict(task, copy_data=True) for task in tasks]
+
+    def _add_once(self, items: list[Any], key: str) -> list[dict[str, Any]]:
+        """``_add`` under an idempotency key: the answer kept is the tasks' JSON."""
+        body = json.dumps(items, sort_keys=True, separators=(",", ":"), default=_iso)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+
+        def encode(tasks: list[Task]) -> bytes:
+            return json.dumps([task_dict(t) for t in tasks], default=_iso).encode()
+
+        queue = self._enter()
+        try:
+            answer = queue.recall(key, digest) or queue.add_once(key, digest, items, encode)
+        finally:
+            self._leave()
+        return [_times_back(task) for task in json.loads(answer)]
 
     def get(self, task_id: str) -> dict[str, Any]:
         """The task with this id; ``ValidationError`` if malformed, ``NotFound`` if unknown."""
@@ -230,6 +261,25 @@ class LocalQueue:
         with self._state:
             self._forking = False
             self._state.notify_all()
+
+
+_TIME_FIELDS = tuple(
+    spec.wire_name for spec in TASK_FIELDS if spec.kind == Kind.TIME and spec.wire != Wire.NEVER
+)
+
+
+def _times_back(task: dict[str, Any]) -> dict[str, Any]:
+    """A task of a kept answer with its times as datetimes again (naive UTC, as written)."""
+    for name in _TIME_FIELDS:
+        if isinstance(task.get(name), str):
+            task[name] = datetime.fromisoformat(task[name])
+    return task
+
+
+def _iso(value: Any) -> str:
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON")
 
 
 def task_dict(task: Task, *, copy_data: bool = False) -> dict[str, Any]:

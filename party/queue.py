@@ -11,6 +11,7 @@ state. Knows nothing of HTTP, processes or a specific store: imports ``stores.ba
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -55,6 +56,8 @@ OWNER_MARK = "~"
 #: How long an idempotency key holds: a repeat within it is answered from the first add; after
 #: it the key is new (and retention removes its record).
 KEY_TTL = timedelta(hours=24)
+#: An idempotency key: 1 to 255 visible ASCII characters.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def error_info(kind: str, message: str, traceback: str | None = None, *, at: datetime) -> dict:
@@ -514,6 +517,18 @@ class TaskQueue:
                 if removed:
                     return removed
         return self.store.prune_keys(now - KEY_TTL, limit)
+
+
+def check_key(key: object) -> str:
+    """``key`` if it is an idempotency key (``IDEMPOTENCY_KEY``), else ``ValidationError``."""
+    if not isinstance(key, str) or IDEMPOTENCY_KEY.fullmatch(key) is None:
+        shown = key[:40] + "..." if isinstance(key, str) and len(key) > 40 else key
+        raise ValidationError(
+            f"malformed Idempotency-Key {shown!r}: expected 1 to 255 visible ASCII characters "
+            "(no spaces), such as a UUID",
+            field="idempotency_key",
+        )
+    return key
 
 
 def running_limits(registry: Registry) -> dict[str, int]:

@@ -280,3 +280,20 @@ def test_the_cli_sends_its_key(server, capsys):
 def test_expired_key_constant_is_a_day():
     assert KEY_TTL == timedelta(hours=24)
     assert Status.QUEUED  # keep the import honest
+
+
+def test_the_in_process_handle_takes_a_key(tmp_path):
+    import party
+
+    with party.open(store=f"sqlite:///{tmp_path / 'p.db'}") as handle:
+        items = [{"party": "SampleTask", "data": {"arg1": 1}}]
+        first = handle.add_many(items, idempotency_key="local-1")
+        assert handle.add_many(items, idempotency_key="local-1") == first
+        assert handle.add("SampleTask", {"arg1": 1}, idempotency_key="local-2")["_id"] not in {
+            t["_id"] for t in first
+        }
+        with pytest.raises(KeyMismatch):
+            handle.add("SampleTask", {"arg1": 2}, idempotency_key="local-1")
+        with pytest.raises(ValidationError, match="malformed Idempotency-Key"):
+            handle.add("SampleTask", idempotency_key="no spaces please")
+        assert first[0]["created"].tzinfo is None  # times come back as datetimes, as without

@@ -5,28 +5,26 @@ by this server now is answered 409 at once; otherwise, in a store thread: the an
 key (``TaskQueue.recall``) if the same body bytes came within 24 h (422 for another body), else
 the batch is parsed and added with the key (``TaskQueue.add_once``: the key's record and the
 tasks in one write, a unique key, so two servers racing with one key add the batch once). Only a
-201 is kept: a refused add leaves the key unused. Imports ``queue``'s errors, ``model`` and
-``server.wire``/``pipeline``; nothing of tornado's handlers.
+201 is kept: a refused add leaves the key unused. Imports ``queue``, ``errors``, ``model`` and
+``server.wire``; nothing of tornado's handlers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .. import queue
 from ..errors import KeyInProgress
 from ..model import Task
 from . import wire
-from .pipeline import ApiError
 
 if TYPE_CHECKING:
     from .pipeline import Context
 
 #: The request header.
 HEADER = "Idempotency-Key"
-KEY = re.compile(r"[\x21-\x7e]{1,255}")
 #: Bodies up to this size are parsed as one JSON value; larger ones item by item.
 WHOLE_BODY = 64 * 1024
 
@@ -36,14 +34,7 @@ _serving: set[tuple[int, str]] = set()
 
 def check_key(value: str) -> str:
     """The key of an ``Idempotency-Key`` header; 400 unless it is 1 to 255 visible ASCII."""
-    if KEY.fullmatch(value) is None:
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        raise ApiError(
-            400,
-            f"malformed {HEADER} header {shown!r}: expected 1 to 255 visible ASCII characters "
-            "(no spaces), such as a UUID",
-        )
-    return value
+    return queue.check_key(value)
 
 
 async def add_once(
