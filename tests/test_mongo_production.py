@@ -122,14 +122,29 @@ def test_a_claim_whose_answer_was_lost_hands_its_task_back_at_once(faulty):
     assert [t.id for t in store.claim(5, T0, lease_at(), "next")] == [task.id]
 
 
-def test_a_claim_cut_short_keeps_what_it_won_and_hands_back_the_rest(faulty):
+def test_a_claim_cut_short_inside_its_update_hands_back_what_it_took(faulty):
     store = MongoStore(faulty)
     tasks = store.insert_many([make(at=T0 - timedelta(seconds=3 - i)) for i in range(3)])
-    _fail_claim_writes(faulty, "after", NotPrimaryError("not primary"), skip=1)
-    won = store.claim(3, T0, lease_at(), "tok")
-    assert [t.id for t in won] == [tasks[0].id]
-    rest = [store.get(t.id) for t in tasks[1:]]
-    assert [(t.status, t.attempts) for t in rest] == [(Status.QUEUED, 0), (Status.QUEUED, 0)]
+    faulty.fail("update_many", "inside", AutoReconnect("step-down"), keep=2, match=_is_claim)
+    with pytest.raises(StoreUnavailable):
+        store.claim(3, T0, lease_at(), "tok")
+    back = [store.get(t.id) for t in tasks]
+    assert [(t.status, t.attempts, t.lease) for t in back] == [(Status.QUEUED, 0, None)] * 3
+
+
+def test_a_claim_cut_short_keeps_what_it_won_and_hands_back_the_rest(raw, faulty):
+    store, rival = MongoStore(faulty), MongoStore(raw)
+    tasks = store.insert_many([make(at=T0 - timedelta(seconds=6 - i)) for i in range(6)])
+    # A rival takes the head as the batch is written; taking the next one alone, the answer is
+    # lost after the task was claimed.
+    faulty.fail("update_many", "before", None, match=_is_claim,
+                hook=lambda: rival.claim(1, T0, lease_at(), "rival"))  # fmt: skip
+    faulty.fail("find_one_and_update", "after", NotPrimaryError("not primary"), match=_is_claim)
+    won = store.claim(4, T0, lease_at(), "tok")
+    assert [t.id for t in won] == [t.id for t in tasks[1:4]]
+    lost, untouched = store.get(tasks[4].id), store.get(tasks[5].id)
+    assert (lost.status, lost.attempts, lost.lease) == (Status.QUEUED, 0, None)
+    assert (untouched.status, untouched.attempts) == (Status.QUEUED, 0)
 
 
 @pytest.mark.parametrize("code", [189, 11602, 91])
@@ -418,7 +433,12 @@ def test_a_task_waiting_out_a_retry_delay_is_outside_the_claims_index_range(faul
     assert store.update(Write(claimed.id, retry, lease="tok")) is not None
     faulty.calls.clear()
     assert [t.id for t in store.claim(5, T0, lease_at(), "t2")] == [due_one.id]
-    claims = [args[0] for args, _ in faulty.called("find_one_and_update")]
+    claims = [
+        args[0]
+        for method in ("find", "update_many", "find_one_and_update")
+        for args, _ in faulty.called(method)
+        if "timestamp" in args[0]  # the queries for due tasks (not the read-back by token)
+    ]
     assert claims and all(query.get("ready") is True for query in claims)  # the index's range
     later = T0 + timedelta(seconds=5)
     assert [t.id for t in store.claim(5, later, lease_at(later), "t3")] == [waiting.id]

@@ -9,8 +9,9 @@ and reads go to the primary. Around that:
   with one ``update_many``: a failure before that leaves nothing visible, and what went in is
   removed (a failure inside that last update can still leave part of a batch: full atomicity
   needs a replica set, see docs/mongodb.md).
-- A claim takes one task per ``find_one_and_update`` (retryable, and no read-back): claimers never
-  lose a race to the same tasks, and after an error the tasks claimed under the call's token but
+- A claim takes the heads of the queue with one filtered ``update_many`` read back by its token
+  (from the primary), and after a lost race the rest one ``find_one_and_update`` at a time, so a
+  claimer never loses every race; after an error the tasks claimed under the call's token but
   never returned are handed back at once, their attempt given back.
 - A fenced write that does not match is checked against the document: if it already holds the
   write (an earlier try landed before the connection dropped), it counts as applied.
@@ -433,15 +434,18 @@ class MongoStore(Store):
             with guard():
                 if limits:
                     self._claim_limited(limit, now, update, limits, won)
-                while not limits and len(won) < limit:
-                    # The head of the queue, taken atomically: two claimers never take one task,
-                    # and the one that comes second takes the next instead of losing a race.
-                    doc = self._tasks.find_one_and_update(
-                        claimable(now), update, sort=ORDER, return_document=ReturnDocument.AFTER
-                    )
-                    if doc is None:
-                        break
-                    won.append(doc_to_task(doc))
+                elif self._claim_batch(limit, now, update, token, won):
+                    while len(won) < limit:
+                        # Another claimer took some of the batch: the rest one at a time, each
+                        # the head of the queue taken atomically, so a claimer that comes
+                        # second takes the next task instead of losing every race.
+                        doc = self._tasks.find_one_and_update(
+                            claimable(now), update, sort=ORDER,
+                            return_document=ReturnDocument.AFTER,
+                        )  # fmt: skip
+                        if doc is None:
+                            break
+                        won.append(doc_to_task(doc))
         except BaseException as exc:
             # A claim that landed but whose answer was lost holds a task under this token that
             # nobody runs: hand those back now rather than charge an attempt after the lease.
@@ -451,6 +455,25 @@ class MongoStore(Store):
                 return won
             raise
         return won
+
+    def _claim_batch(
+        self, limit: int, now: datetime, update: dict[str, Any], token: str, won: list[Task]
+    ) -> bool:
+        """Claim up to ``limit`` heads of the queue in three round trips (their ids, one
+        ``update_many`` filtered on the due condition again, the winners read back from the
+        primary by token), into ``won`` in queue order; True when a race was lost (fewer won
+        than were chosen), so more may be taken one at a time."""
+        chosen = [
+            doc["_id"]
+            for doc in self._tasks.find(claimable(now), {"_id": 1}).sort(ORDER).limit(limit)
+        ]
+        if not chosen:
+            return False
+        result = self._tasks.update_many({**claimable(now), "_id": {"$in": chosen}}, update)
+        if result.modified_count:
+            docs = self._tasks.find({"_id": {"$in": chosen}, "lease": token})
+            won.extend(sorted((doc_to_task(doc) for doc in docs), key=lambda t: t.order_key))
+        return len(won) < len(chosen)
 
     def _claim_limited(
         self,
