@@ -482,3 +482,55 @@ class _Patched:
 
     def __getattr__(self, name):
         return self._methods.get(name) or getattr(self._inner, name)
+
+
+class _ReplicaSetClient:
+    """What the store asks of a client on a replica set: its topology and sessions (recorded)."""
+
+    class topology_description:  # noqa: N801 - pymongo's attribute name
+        topology_type_name = "ReplicaSetWithPrimary"
+
+    def __init__(self):
+        self.transactions = []
+
+    def start_session(self):
+        client = self
+
+        class Session:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def start_transaction(self, **options):
+                client.transactions.append(options)
+                return self
+
+        return Session()
+
+    def close(self):
+        pass
+
+
+def test_on_a_replica_set_a_batch_is_one_transaction_with_the_majority_write_concern(raw):
+    if not isinstance(raw, mongomock.Collection):
+        pytest.skip("a fake session: on a real replica set every add goes through the real one")
+    from party.stores.mongo import connect
+
+    _, raw = connect(f"mongomock://rs-{uuid.uuid4().hex[:8]}/party")  # w=majority, as from a URL
+    client = _ReplicaSetClient()
+    inserts = []
+
+    def insert_many(docs, *args, session=None, **kwargs):  # mongomock has no sessions
+        inserts.append((session, [d["status"] for d in docs]))
+        return raw.insert_many(docs, *args, **kwargs)
+
+    faulty = FaultyCollection(_Patched(raw, insert_many=insert_many))
+    store = MongoStore(faulty, client=client)
+    faulty.calls.clear()
+    batch = store.insert_many([make(), make()])
+    assert [o["write_concern"].document for o in client.transactions] == [{"w": "majority"}]
+    assert len(inserts) == 1 and inserts[0][0] is not None and inserts[0][1] == ["queued"] * 2
+    assert faulty.called("update_many") == []  # no second write: the transaction is the batch
+    assert [t.id for t in store.query()] == [t.id for t in batch]

@@ -255,7 +255,8 @@ class MongoStore(Store):
 
     def _insert_in_transaction(self, docs: list[dict[str, Any]]) -> None:
         with guard(), self._client.start_session() as session:
-            with session.start_transaction():
+            # A transaction commits with its own write concern, not the collection's.
+            with session.start_transaction(write_concern=self._tasks.write_concern):
                 self._tasks.insert_many(docs, ordered=True, session=session)
 
     def _insert_hidden(self, docs: list[dict[str, Any]]) -> None:
