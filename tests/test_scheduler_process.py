@@ -5,6 +5,7 @@ Tasks are added straight through ``TaskQueue`` on the same file; the handlers
 (``tests/handlers/process_handlers.py``) append one JSON line per run to a log file.
 """
 
+import fcntl
 import itertools
 import json
 import os
@@ -324,6 +325,28 @@ def test_two_idle_schedulers_woken_together_run_a_new_task_once(sched):
     assert [run["id"] for run in sched.runs()] == [task.id]
 
 
+def stop_outside_the_write_lock(proc, db):
+    """SIGSTOP ``proc`` at a moment it does not hold the SQLite writers' lock.
+
+    A process stopped inside a write stalls every writer of the file until it resumes (SQLite has
+    one writer at a time; the server then answers 503): no run is doubled, but nothing finishes
+    either, which is not the case this test is about.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        os.kill(proc.pid, signal.SIGSTOP)
+        with open(f"{db}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                pass  # a writer holds it now: the stopped scheduler, or one of the workers
+        os.kill(proc.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "never found the writers' lock free"
+        time.sleep(0.02)
+
+
 def test_a_stalled_scheduler_never_lets_two_workers_run_one_task(sched):
     # Runs longer than their lease (3 s, renewed every second), as in the issue's report.
     tasks = sched.add(
@@ -332,7 +355,7 @@ def test_a_stalled_scheduler_never_lets_two_workers_run_one_task(sched):
     first = sched.start(workers=2, lease=3, poll=0.2)
     starts = lambda: [r for r in sched.runs() if r.get("edge") == "start"]  # noqa: E731
     wait_until(lambda: len(starts()) == 2, 10, "both runs to start")
-    os.kill(first.pid, signal.SIGSTOP)  # the scheduler's own process only: its workers go on
+    stop_outside_the_write_lock(first, sched.db)  # its own process only: its workers go on
     try:
         sched.start(workers=2, lease=3, poll=0.2)
         wait_until(lambda: sched.count(Status.COMPLETED) == 2, 40, "both tasks to complete")
