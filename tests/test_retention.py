@@ -186,3 +186,20 @@ def test_a_scheduler_prunes_what_it_completed_once_the_keep_time_passed(tmp_path
         proc.terminate()
         proc.wait(30)
         queue.store.close()
+
+
+def test_get_stats_reports_the_pruned_count(tmp_path):
+    from party.client import BlockingHTTPClient
+    from tests.conftest import wait_for
+    from tests.serving import ServerThread
+
+    server = ServerThread(tmp_path / "party.db", tmp_path / "party.sock").start()
+    try:
+        queue = server.queue
+        for task in queue.add([{"party": "Noop"}] * 4):
+            _end(queue, task, Status.COMPLETED, queue.clock() - timedelta(days=8))
+        assert queue.prune(7 * DAY, 0) == 4
+        with BlockingHTTPClient(server.sock) as con:
+            wait_for(lambda: con.stats()["pruned"] == 4, 10, "/stats to say 4 pruned")
+    finally:
+        server.stop()
