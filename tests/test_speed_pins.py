@@ -89,9 +89,9 @@ def test_commits_leave_the_checkpoint_to_maintain(sqlite_path):
 
 
 def test_a_connection_checkpoints_itself_when_nothing_maintains_the_store(sqlite_path, monkeypatch):
-    import party.stores.sqlite as sqlite_module
+    import party.stores.sqlite_file as sqlite_file
 
-    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 50)
+    monkeypatch.setattr(sqlite_file, "CHECKPOINT_EVERY_WRITES", 50)
     store = SqliteStore(sqlite_path)
     size = sqlite_path.stat().st_size
     for batch in range(60):
