@@ -163,9 +163,9 @@ def test_get_and_delete_raise_what_the_http_answers_say(handle, server):
 
 
 def test_item_fields_are_those_the_wire_declares():
-    from party.server import wire
+    from party.server import shapes
 
-    assert tuple(wire.ITEM_FIELDS) == ITEM_FIELDS
+    assert tuple(shapes.ITEM_FIELDS) == ITEM_FIELDS
 
 
 # -- what comes back -------------------------------------------------------------------------------

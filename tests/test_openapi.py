@@ -11,7 +11,7 @@ from party.client import BlockingHTTPClient
 from party.model import Status, Task
 from party.queue import TaskQueue
 from party.registry import discover
-from party.server import openapi, wire
+from party.server import openapi, shapes, wire
 from party.server.app import make_app
 from party.stores.sqlite import SqliteStore
 from party.views import Live
@@ -101,17 +101,17 @@ def test_operations_have_unique_ids_and_every_shape_is_used():
     text = json.dumps(openapi.document()["paths"]) + json.dumps(
         openapi.document()["components"]["schemas"]
     )
-    for name in wire.SHAPES:
+    for name in shapes.SHAPES:
         assert f'"#/components/schemas/{name}"' in text, f"shape {name} is declared but unused"
 
 
 def test_the_list_query_and_item_fields_are_the_declared_ones():
     from party import admission
 
-    assert wire.LIST_PARAMS == ("status", "party", "limit", "after")
-    assert wire.ITEM_FIELDS == admission.ITEM_FIELDS, "admission checks the fields wire declares"
+    assert shapes.LIST_PARAMS == ("status", "party", "limit", "after")
+    assert shapes.ITEM_FIELDS == admission.ITEM_FIELDS, "admission checks the fields wire declares"
     params = openapi.document()["paths"]["/tasks"]["get"]["parameters"]
-    assert [p["name"] for p in params] == list(wire.LIST_PARAMS)
+    assert [p["name"] for p in params] == list(shapes.LIST_PARAMS)
 
 
 def _task(**changes):
@@ -171,16 +171,16 @@ def test_the_task_shape_follows_the_model_table_with_a_meaning_for_each_field():
     from party.model import TASK_FIELDS, Wire
 
     shown = [spec for spec in TASK_FIELDS if spec.wire is not Wire.NEVER]
-    assert [spec.wire_name for spec in shown] == list(wire.TASK.fields)[: len(shown)]
-    missing = [spec.name for spec in shown if not wire.TASK_DOCS.get(spec.name)]
-    assert not missing, f"say what {missing} mean in party/server/wire.py TASK_DOCS"
+    assert [spec.wire_name for spec in shown] == list(shapes.TASK.fields)[: len(shown)]
+    missing = [spec.name for spec in shown if not shapes.TASK_DOCS.get(spec.name)]
+    assert not missing, f"say what {missing} mean in party/server/shapes.py TASK_DOCS"
 
 
 def test_the_task_shape_declares_every_field_the_encoder_writes():
     written = set()
     for task in TASKS:
         written |= set(wire.encode_task(task, WHY))
-    assert written == set(wire.TASK.fields)
+    assert written == set(shapes.TASK.fields)
 
 
 def test_the_contract_catches_an_answer_that_drifts():

@@ -1,11 +1,11 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
 
-Built from ``wire``'s shape declarations (the same module that encodes and parses them), so the
-document cannot drift from what the server sends. ``OPERATIONS`` is the table of endpoints:
+Built from the shapes declared in ``shapes`` (those ``wire`` encodes and parses), so the document
+cannot drift from what the server sends. ``OPERATIONS`` is the table of endpoints:
 adding one is a route in ``app`` plus an ``Operation`` here (tests/test_openapi.py fails on a
 route without one, and on an entry without a route). The committed copy docs/openapi.json is
-written by ``python -m party.server.openapi docs/openapi.json``. Imports ``wire`` and ``party``'s
-version; never tornado, a store or the queue.
+written by ``python -m party.server.openapi docs/openapi.json``. Imports ``shapes``, ``wire`` and
+``party``'s version; never tornado, a store or the queue.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from functools import cache
 from typing import Any
 
 from .. import __version__
-from . import wire
-from .wire import Field, Shape
+from . import shapes, wire
+from .shapes import Field, Shape
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Operation:
 
 #: Parameters of the paths, by the name the templates give them.
 PATH_PARAMS: Mapping[str, Field] = {
-    "id": Field(wire.TASK_ID, "the task's '_id' (24 lowercase hex characters)"),
+    "id": Field(shapes.TASK_ID, "the task's '_id' (24 lowercase hex characters)"),
     "file": Field({"type": "string"}, "a file of the dashboard's static folder"),
     # The dashboard's task pages take any text (a malformed id is a page saying so).
     "task": Field({"type": "string"}, "the task's '_id'"),
@@ -223,7 +223,7 @@ OPERATIONS: tuple[Operation, ...] = (
             400: "An unknown or repeated parameter, or a bad value.",
         },
         description="Queue order: timestamp, then attempts, then created, then _id.",
-        query=wire.LIST_QUERY,
+        query=shapes.LIST_QUERY,
     ),
     Operation(
         "get",
@@ -381,7 +381,7 @@ def _content(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _answer(answer: Answer) -> dict[str, Any]:
-    schema = wire.ref(answer.shape)
+    schema = shapes.ref(answer.shape)
     out: dict[str, Any] = {
         "description": answer.description,
         "content": _content({"type": "array", "items": schema} if answer.array else schema),
@@ -419,10 +419,10 @@ def _operation(op: Operation) -> dict[str, Any]:
     if params:
         out["parameters"] = params
     if op.body is not None:
-        schema = wire.ref(op.body)
+        schema = shapes.ref(op.body)
         out["requestBody"] = {
             "required": op.body_required,
-            "content": _content(schema if op.body_required else wire.nullable(schema)),
+            "content": _content(schema if op.body_required else shapes.nullable(schema)),
         }
     out["responses"] = {
         str(status): _answer(Answer(a) if isinstance(a, str) else a)
@@ -443,7 +443,7 @@ def _document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
-    schemas = {name: schema_of(shape) for name, shape in wire.SHAPES.items()}
+    schemas = {name: schema_of(shape) for name, shape in shapes.SHAPES.items()}
     schemas["OpenAPI"] = {
         "type": "object",
         "description": "An OpenAPI 3.1 document.",
