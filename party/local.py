@@ -29,10 +29,10 @@ from datetime import datetime
 from typing import Any
 
 from . import config
-from .admission import check_items
+from .admission import check_items, check_key
 from .errors import ValidationError
 from .model import TASK_FIELDS, Kind, Task, Wire
-from .queue import TaskQueue, check_key
+from .queue import TaskQueue
 from .registry import Registry, discover
 from .stores import Store, open_store
 

@@ -1,22 +1,23 @@
 """TaskQueue: every rule of the queue, in one place, written against the ``Store`` interface.
 
-Adding (validation, all or nothing, the singleton rule), claiming with a lease, recording outcomes
-(completion, the recurring re-queue, failure with attempts and retry delay), handing back, renewing
-and recovering leases, deleting (the reads: ``views``). Each change of a claimed task is a write
-conditional on its lease token (the fence), so a run whose lease expired cannot overwrite newer
-state. Knows nothing of HTTP, processes or a specific store: imports ``stores.base``, ``model``,
+Adding (all or nothing, the singleton rule, under an idempotency key; what an item must be:
+``admission``), claiming with a lease, recording outcomes (completion, the recurring re-queue,
+failure with attempts and retry delay), handing back, renewing and recovering leases, deleting,
+retention (the reads: ``views``). Each change of a claimed task is a write conditional on its lease
+token (the fence), so a run whose lease expired cannot overwrite newer state. Knows nothing of
+HTTP, processes or a specific store: imports ``stores.base``, ``admission``, ``views``, ``model``,
 ``registry``, ``errors`` and ``timestamps`` only.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from .admission import new_task
 from .errors import (
     Conflict,
     KeyInProgress,
@@ -35,13 +36,10 @@ from .model import (
     Task,
     Write,
     is_valid_id,
-    new_id,
-    singleton_key,
 )
 from .registry import Registry
-from .storable import MAX_BSON_BYTES, Unstorable, document_size
 from .stores.base import PRUNABLE, KeyedAdd, KeyRecord, KeyTaken, OrderKey, Store
-from .timestamps import format_timestamp, parse_timestamp, system_now
+from .timestamps import format_timestamp, system_now
 from .views import Views, list_tasks
 
 logger = logging.getLogger(__name__)
@@ -56,8 +54,6 @@ OWNER_MARK = "~"
 #: How long an idempotency key holds: a repeat within it is answered from the first add; after
 #: it the key is new (and retention removes its record).
 KEY_TTL = timedelta(hours=24)
-#: An idempotency key: 1 to 255 visible ASCII characters.
-IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def error_info(kind: str, message: str, traceback: str | None = None, *, at: datetime) -> dict:
@@ -100,7 +96,7 @@ class TaskQueue:
         """
         now = self.clock()
         return self.store.insert_many(
-            [self._new_task(index, item, now) for index, item in enumerate(items)]
+            [new_task(self.registry, index, item, now) for index, item in enumerate(items)]
         )
 
     def recall(self, key: str, digest: str) -> bytes | None:
@@ -121,7 +117,7 @@ class TaskQueue:
         holds a record, nothing is added and that record decides (``recall``'s answer or error).
         """
         now = self.clock()
-        tasks = [self._new_task(index, item, now) for index, item in enumerate(items)]
+        tasks = [new_task(self.registry, index, item, now) for index, item in enumerate(items)]
         kept: list[bytes] = []
 
         def keep(stored: list[Task]) -> bytes:
@@ -152,64 +148,6 @@ class TaskQueue:
                 "repeat it once that one is answered"
             )
         return record.answer
-
-    def _new_task(
-        self,
-        index: int,
-        item: NewTask | Mapping[str, Any],
-        now: datetime,
-    ) -> Task:
-        """The task of one item, or ``ValidationError`` naming what is wrong with it."""
-        schedule = None
-        if isinstance(item, NewTask):
-            party, data, when, schedule = item.party, item.data, item.timestamp, item.schedule
-        else:
-            party, data, when = item.get("party"), item.get("data"), item.get("timestamp")
-        if not isinstance(party, str) or not party:
-            raise ValidationError(
-                f"item {index}: 'party' must be the name of a handler (a string), got {party!r}",
-                index=index,
-                field="party",
-            )
-        handler = self.registry.get(party)
-        if handler is None:
-            known = ", ".join(self.registry.names) or "none are registered"
-            raise ValidationError(
-                f"item {index}: unknown handler {party!r}; known handlers: {known}",
-                index=index,
-                field="party",
-            )
-        if data is None:
-            data = {}
-        else:
-            check_data(index, data)
-        if when is None:
-            timestamp = now
-        else:
-            try:
-                timestamp = parse_timestamp(when)
-            except OverflowError:  # an offset that moves a time past 0001 or 9999
-                raise ValidationError(
-                    f"item {index}: bad 'timestamp': {when!r} is outside 1970-01-01 .. 9999-12-31",
-                    index=index,
-                    field="timestamp",
-                ) from None
-            except ValueError as exc:
-                raise ValidationError(
-                    f"item {index}: bad 'timestamp': {exc}", index=index, field="timestamp"
-                ) from None
-        recurring = bool(handler.is_recurring)
-        return Task(
-            id=new_id(),
-            party=party,
-            data=data,
-            timestamp=timestamp,
-            created=now,
-            run_at=timestamp,
-            is_recurring=recurring,
-            singleton=singleton_key(party, data) if recurring else None,
-            schedule=schedule,
-        )
 
     def get(self, task_id: str) -> Task:
         """The task with this id; ``ValidationError`` if malformed, ``NotFound`` if unknown."""
@@ -519,18 +457,6 @@ class TaskQueue:
         return self.store.prune_keys(now - KEY_TTL, limit)
 
 
-def check_key(key: object) -> str:
-    """``key`` if it is an idempotency key (``IDEMPOTENCY_KEY``), else ``ValidationError``."""
-    if not isinstance(key, str) or IDEMPOTENCY_KEY.fullmatch(key) is None:
-        shown = key[:40] + "..." if isinstance(key, str) and len(key) > 40 else key
-        raise ValidationError(
-            f"malformed Idempotency-Key {shown!r}: expected 1 to 255 visible ASCII characters "
-            "(no spaces), such as a UUID",
-            field="idempotency_key",
-        )
-    return key
-
-
 def running_limits(registry: Registry) -> dict[str, int]:
     """``{handler name: max_running}`` of the handlers that declare one; ``RegistryError``
     names a handler whose ``max_running`` is not an integer >= 1 (or None)."""
@@ -570,31 +496,3 @@ def _checked_id(task_id: str) -> str:
             field="id",
         )
     return task_id
-
-
-def check_data(index: int, data: Any) -> None:
-    """Raise ``ValidationError`` (naming item ``index``) unless ``data`` is an object every store
-    can keep (``storable``: 64-bit integers, valid Unicode, keys without NUL or a leading '$',
-    at most 100 levels, 15 MiB of BSON)."""
-    if not isinstance(data, dict):
-        raise ValidationError(
-            f"item {index}: 'data' must be a JSON object (a dict), got {type(data).__name__}",
-            index=index,
-            field="data",
-        )
-    try:
-        size = document_size(data)
-    except Unstorable as exc:
-        raise ValidationError(
-            f"item {index}: 'data' must hold only JSON values every store can keep; "
-            f"{exc.where('data')}: {exc}",
-            index=index,
-            field="data",
-        ) from None
-    if size > MAX_BSON_BYTES:
-        raise ValidationError(
-            f"item {index}: 'data' takes {size} bytes as BSON, over the limit of "
-            f"{MAX_BSON_BYTES} (15 MiB); keep large payloads elsewhere and pass a reference",
-            index=index,
-            field="data",
-        )

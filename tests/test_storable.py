@@ -3,8 +3,8 @@ and measures the BSON size exactly as ``bson.encode`` does."""
 
 import pytest
 
+from party.admission import check_data
 from party.errors import ValidationError
-from party.queue import check_data
 from party.storable import MAX_BSON_BYTES, MAX_DEPTH, Unstorable, document_size, value_size
 
 bson = pytest.importorskip("bson")

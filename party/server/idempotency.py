@@ -5,7 +5,7 @@ by this server now is answered 409 at once; otherwise, in a store thread: the an
 key (``TaskQueue.recall``) if the same body bytes came within 24 h (422 for another body), else
 the batch is parsed and added with the key (``TaskQueue.add_once``: the key's record and the
 tasks in one write, a unique key, so two servers racing with one key add the batch once). Only a
-201 is kept: a refused add leaves the key unused. Imports ``queue``, ``errors``, ``model`` and
+201 is kept: a refused add leaves the key unused. Imports ``admission``, ``errors``, ``model`` and
 ``server.wire``; nothing of tornado's handlers.
 """
 
@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .. import queue
+from .. import admission
 from ..errors import KeyInProgress
 from ..model import Task
 from . import wire
@@ -34,7 +34,7 @@ _serving: set[tuple[int, str]] = set()
 
 def check_key(value: str) -> str:
     """The key of an ``Idempotency-Key`` header; 400 unless it is 1 to 255 visible ASCII."""
-    return queue.check_key(value)
+    return admission.check_key(value)
 
 
 async def add_once(
