@@ -140,11 +140,13 @@ def test_idle_workers_wake_for_the_next_task_not_the_poll_interval(env, tmp_path
 
 def test_prefetch_grows_only_under_a_backlog_and_stays_bounded(env):
     queue, clock, make_scheduler = env
-    queue.add([{"party": "Sleepy", "data": {"seconds": 0}} for _ in range(200)])
+    # 2 ms each (0.2 s in all on 2 workers): a backlog that lasts long enough to be watched even
+    # when this process is scheduled rarely (with no-op tasks the drain could end unobserved).
+    queue.add([{"party": "Sleepy", "data": {"seconds": 0.002}} for _ in range(200)])
     scheduler = make_scheduler(workers=2, max_depth=4)
     held = []
     finished = []
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while len(finished) < 200:
         assert time.monotonic() < deadline
         scheduler.pool.wait(0.01)
