@@ -14,8 +14,8 @@ from party.config import Settings
 from party.errors import StoreUnavailable
 from party.queue import TaskQueue
 from party.registry import discover
+from party.server.adding import AddTasks
 from party.server.app import make_app
-from party.server.handlers import AddTasks
 from party.stores.sqlite import SqliteStore
 from tests.serving import HANDLERS, ServerThread
 

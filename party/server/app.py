@@ -4,8 +4,9 @@ Nothing here opens a store, forks or binds: the caller (``server.listen`` or a t
 queue, the settings and the force-run runner in, and each handler receives them through
 ``initialize`` (``AddTasks``, which serves the ordinary ``POST /tasks``, through its constructor).
 The store threads and the cached probes are made here too, one set per application. Imports
-tornado, ``config``, ``queue`` and ``server.handlers``/``offload``/``probes``/``pipeline``. Each
-route here has its ``Operation`` in ``server.openapi`` (tests/test_openapi.py holds them together).
+tornado, ``config``, ``queue`` and ``server.handlers``/``adding``/``offload``/``probes``/
+``pipeline``. Each route here has its ``Operation`` in ``server.openapi`` (tests/test_openapi.py
+holds them together).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from ..queue import TaskQueue
 from ..registry import Registry
 from ..views import Views
 from . import dashboard
+from .adding import AddTasks
 from .handlers import (
-    AddTasks,
     HealthHandler,
     MetricsHandler,
     NotFoundHandler,
@@ -33,11 +34,10 @@ from .handlers import (
     StatsHandler,
     TaskHandler,
     TasksHandler,
-    log_request,
 )
 from .liveness import LiveCache
 from .offload import StoreCalls
-from .pipeline import Context
+from .pipeline import Context, log_request
 from .probes import HealthCheck, StatsCache
 
 

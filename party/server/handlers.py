@@ -4,42 +4,30 @@
 request through ``pipeline.check_request`` (token, ``Host``/``Origin``, size) before any body is
 read; the body is streamed so an oversized one is answered 413 without being kept; ``write_error``
 turns every exception into one JSON error shape through ``pipeline.error_answer``; and
-``log_request`` writes one line per request. Every queue call leaves the event loop through
+``pipeline.log_request`` writes one line per request. Every queue call leaves the event loop through
 ``ctx.calls`` (a pool of store threads with a deadline: a stalled store is a 503, not a frozen
 server), but for the small add that ``try_add_inline`` runs in place when the store's locks are
 free. ``GET /stats`` and ``GET /health`` are served from ``probes``' caches. ``AddTasks`` serves
 the common ``POST /tasks`` below the ``RequestHandler`` machinery, through the same check and with
-the same answers. The wire shape lives in ``wire``. Imports tornado, ``queue``, ``model``,
-``errors`` and ``server.wire``/``pipeline``/``probes``/``offload``; no store module, no pool.
+the same answers, in ``adding`` (with the adds of ``TasksHandler``). The wire shape lives in
+``wire``. Imports tornado, ``model``, ``errors``, ``views`` and
+``server.wire``/``pipeline``/``adding``/``idempotency``/``openapi``; no store module, no pool.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import tornado
-from tornado.httputil import (
-    HTTPHeaders,
-    HTTPMessageDelegate,
-    HTTPServerRequest,
-    ResponseStartLine,
-    format_timestamp,
-    responses,
-)
-from tornado.iostream import StreamClosedError
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import RequestHandler, stream_request_body
 
-from .. import log, metrics, schedule
-from ..errors import StoreBusy, StoreUnavailable, TaskException
+from .. import metrics, schedule
 from ..model import Status, Task, singleton_key
 from ..timestamps import format_timestamp as iso
-from ..views import Live, Views
+from ..views import Views
 from . import idempotency, openapi, wire
+from .adding import add_tasks, answer_encoder
 from .liveness import why
 from .pipeline import (
     DRAIN_LIMIT,
@@ -48,19 +36,12 @@ from .pipeline import (
     body_too_large,
     check_request,
     error_answer,
+    log_failure,
 )
 
 __all__ = ["DRAIN_LIMIT", "ApiError", "Context", "Runner"]
 
-logger = logging.getLogger(log.SERVER)
-
 Runner = Callable[[Task], Awaitable["Status | None"]]
-
-#: Bodies up to this size are parsed on the event loop; larger ones in a store thread, item by
-#: item, so no request waits behind the parse of another's megabytes.
-INLINE_BODY = 64 * 1024
-#: Batches up to this many tasks may be inserted on the event loop when the store allows it.
-INLINE_ITEMS = 16
 
 ENDPOINTS = openapi.endpoints()
 
@@ -153,71 +134,12 @@ class JSONHandler(RequestHandler):
         self.finish(wire.dumps(body))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        _log_failure(self.request, value)
-
-
-def _log_failure(request: HTTPServerRequest, exc: BaseException) -> None:
-    """Log an exception that ended a request, unless it is an expected answer (4xx, 409...)."""
-    if isinstance(exc, HTTPError | TaskException):
-        return  # expected: the request's log line carries the message
-    summary = f"{request.method} {request.path} ({request.remote_ip})"
-    if isinstance(exc, StoreUnavailable):
-        logger.warning("store unavailable during %s: %s", summary, exc)
-        return
-    logger.error("bug while serving %s", summary, exc_info=(type(exc), exc, exc.__traceback__))
+        log_failure(self.request, value)
 
 
 def _overrides(handler: RequestHandler, method: str) -> bool:
     name = method.lower()
     return getattr(type(handler), name) is not getattr(RequestHandler, name)
-
-
-# -- adding ---------------------------------------------------------------------------------------
-
-
-def try_add_inline(ctx: Context, body: bytes) -> bytes | None:
-    """The answer to adding ``body``'s tasks, done on the event loop; None when it must go to a
-    store thread (a large body or batch, a store whose writes are remote, or a lock taken), or
-    before the server's first look at the live schedulers (the ``waiting`` of the answer)."""
-    if len(body) > INLINE_BODY or not ctx.calls.can_inline():
-        return None
-    live = ctx.live.peek()
-    if live is None:
-        return None
-    items = wire.parse_tasks(wire.loads(body), ctx.max_batch)
-    if len(items) > INLINE_ITEMS:
-        return None
-    try:
-        tasks = ctx.calls.inline(ctx.queue.add, items)
-    except StoreBusy:
-        return None
-    ctx.stats.wrote()
-    return wire.dumps_tasks(tasks, why(live))
-
-
-async def add_tasks(ctx: Context, body: bytes) -> bytes:
-    """The answer (JSON of the added tasks) to ``POST /tasks`` with ``body``."""
-    answer = try_add_inline(ctx, body)
-    if answer is None:
-        live = ctx.live.peek() or await ctx.live.get()
-        answer = await ctx.calls(_add_in_thread, ctx, body, live)
-        ctx.stats.wrote()
-    return answer
-
-
-def _add_in_thread(ctx: Context, body: bytes, live: Live) -> bytes:
-    if len(body) > INLINE_BODY:
-        items = wire.parse_tasks_body(body, ctx.max_batch)
-    else:
-        items = wire.parse_tasks(wire.loads(body), ctx.max_batch)
-    del body
-    return wire.dumps_tasks(ctx.queue.add(items), why(live))
-
-
-async def _encoder(ctx: Context) -> Callable[[list[Task]], bytes]:
-    """How added tasks become the answer of ``POST /tasks`` (with their ``waiting``)."""
-    live = await ctx.live.get()
-    return lambda tasks: wire.dumps_tasks(tasks, why(live))
 
 
 class TasksHandler(JSONHandler):
@@ -228,7 +150,7 @@ class TasksHandler(JSONHandler):
         if key is None:
             answer = await add_tasks(self.ctx, self.body())
         else:
-            encode = await _encoder(self.ctx)
+            encode = await answer_encoder(self.ctx)
             answer = await idempotency.add_once(self.ctx, key, self.body(), encode)
         self.set_status(201)
         self.finish(answer)
@@ -358,131 +280,3 @@ class NotFoundHandler(JSONHandler):
         super().prepare()
         if self._refusal is None:
             raise ApiError(404, f"no endpoint {self.request.path}; the endpoints are {ENDPOINTS}")
-
-
-def log_request(handler: RequestHandler) -> None:
-    """The one log line of a request: status, method, path, duration and any error message."""
-    ctx = getattr(handler, "ctx", None)
-    _log_access(
-        handler.get_status(),
-        handler.request,
-        getattr(handler, "error_message", None),
-        None if ctx is None else ctx.counters,
-    )
-
-
-def _log_access(
-    status: int,
-    request: HTTPServerRequest,
-    message: str | None,
-    counters: metrics.ServerCounters | None = None,
-) -> None:
-    if counters is not None:
-        counters.request(request.method or "", status, request.path)
-    level = logging.INFO if status < 500 else logging.ERROR
-    if status == 503:
-        level = logging.WARNING  # the store or the server cannot serve now: not a bug
-    if not logger.isEnabledFor(level):
-        return
-    logger.log(
-        level,
-        "%d %s %s %.1fms%s",
-        status,
-        request.method,
-        request.uri,
-        1000.0 * request.request_time(),
-        f" {message}" if message else "",
-    )
-
-
-_JSON_TYPE = "application/json; charset=UTF-8"
-_SERVER = f"TornadoServer/{tornado.version}"  # as RequestHandler sends it
-_date: list[Any] = [0, ""]
-
-
-def _http_date() -> str:
-    """The ``Date`` header of a response, formatted once a second."""
-    now = int(time.time())
-    if now != _date[0]:
-        _date[:] = [now, format_timestamp(now)]
-    return _date[1]
-
-
-class AddTasks(HTTPMessageDelegate):
-    """``POST /tasks`` served straight from Tornado's HTTP layer, without a ``RequestHandler``.
-
-    A handler object, its coroutine, ``prepare`` and the body future cost about 150 us of the
-    300 us between reading a request and starting the insert (more with cold caches, which is
-    the case of a lone task on an idle server). This delegate takes only the ordinary request,
-    one that ``check_request`` lets through with a declared length within the limit
-    (``accepts``); every other one goes to ``TasksHandler``, which answers the refusals. The
-    answers are the same: 201 with the added tasks, or the one error shape, and the same log
-    line.
-    """
-
-    @staticmethod
-    def accepts(request: HTTPServerRequest, ctx: Context) -> bool:
-        """True when ``request`` passes ``check_request`` with a length within the limit."""
-        if idempotency.HEADER in request.headers:
-            return False  # TasksHandler serves a keyed add
-        try:
-            declared = check_request(request, ctx)
-        except ApiError:
-            return False
-        return declared is not None and declared <= ctx.max_body
-
-    def __init__(self, request: HTTPServerRequest, ctx: Context) -> None:
-        self.request = request
-        self.ctx = ctx
-        self._chunks: list[bytes] = []
-        self._later: asyncio.Future[None] | None = None
-
-    def data_received(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-
-    def finish(self) -> None:
-        body = b"".join(self._chunks)
-        self._chunks = []
-        try:
-            answer = try_add_inline(self.ctx, body)
-        except Exception as exc:
-            self._answer_error(exc)
-            return
-        if answer is not None:
-            self._answer(201, answer, None)
-        else:  # Tornado reads the connection's next request once this one's answer is written
-            self._later = asyncio.ensure_future(self._finish_later(body))
-
-    async def _finish_later(self, body: bytes) -> None:
-        try:
-            answer = await add_tasks(self.ctx, body)
-        except Exception as exc:
-            self._answer_error(exc)
-        else:
-            self._answer(201, answer, None)
-
-    def _answer_error(self, exc: Exception) -> None:
-        _log_failure(self.request, exc)
-        status, answer = error_answer(exc, 500)
-        self._answer(status, wire.dumps(answer), answer["error"])
-
-    def _answer(self, status: int, body: bytes, message: str | None) -> None:
-        request = self.request
-        connection = request.connection
-        assert connection is not None
-        headers = HTTPHeaders()
-        headers["Server"] = _SERVER
-        headers["Content-Type"] = _JSON_TYPE
-        headers["Date"] = _http_date()
-        headers["Content-Length"] = str(len(body))
-        try:
-            connection.write_headers(
-                ResponseStartLine("", status, responses[status]), headers, body
-            )
-            connection.finish()
-        except StreamClosedError:  # the client went away while the answer was prepared
-            return
-        _log_access(status, request, message, self.ctx.counters)
-
-    def on_connection_close(self) -> None:
-        self._chunks = []

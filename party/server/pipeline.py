@@ -5,14 +5,17 @@ from error class to HTTP status.
 path alike: the token (401), the ``Host`` and ``Origin`` of a tokenless server (403, against DNS
 rebinding and cross-site requests from a browser on the same machine), and the declared size
 (413). ``error_answer`` turns any exception into the status and ``{"error": ...}`` body the client
-sees, through ``STATUS_OF``; no message carries a store URL's password (``log.redact``). Imports
-tornado's types, ``errors``, ``log`` and nothing of the queue.
+sees, through ``STATUS_OF``; no message carries a store URL's password (``log.redact``).
+``log_request`` and ``log_access`` write the one line of every request, whichever path served it,
+and ``log_failure`` logs an exception that is a bug. Imports tornado's types, ``errors``, ``log``
+and nothing of the queue.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import re
 import socket
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPServerRequest, responses
-from tornado.web import HTTPError
+from tornado.web import HTTPError, RequestHandler
 
 from ..errors import (
     Conflict,
@@ -31,7 +34,7 @@ from ..errors import (
     TaskException,
     ValidationError,
 )
-from ..log import redact
+from ..log import SERVER, redact
 
 if TYPE_CHECKING:
     from ..metrics import ServerCounters
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
     from .liveness import LiveCache
     from .offload import StoreCalls
     from .probes import HealthCheck, StatsCache
+
+logger = logging.getLogger(SERVER)
 
 #: How far past ``max_body`` a declared body is still read (and dropped) so the client, still
 #: sending, can read the 413; beyond it the connection is closed after the answer.
@@ -251,3 +256,49 @@ def error_answer(
     if index is not None:
         body["index"] = index
     return status, body
+
+
+def log_request(handler: RequestHandler) -> None:
+    """The one log line of a request: status, method, path, duration and any error message."""
+    ctx = getattr(handler, "ctx", None)
+    log_access(
+        handler.get_status(),
+        handler.request,
+        getattr(handler, "error_message", None),
+        None if ctx is None else ctx.counters,
+    )
+
+
+def log_access(
+    status: int,
+    request: HTTPServerRequest,
+    message: str | None,
+    counters: ServerCounters | None = None,
+) -> None:
+    if counters is not None:
+        counters.request(request.method or "", status, request.path)
+    level = logging.INFO if status < 500 else logging.ERROR
+    if status == 503:
+        level = logging.WARNING  # the store or the server cannot serve now: not a bug
+    if not logger.isEnabledFor(level):
+        return
+    logger.log(
+        level,
+        "%d %s %s %.1fms%s",
+        status,
+        request.method,
+        request.uri,
+        1000.0 * request.request_time(),
+        f" {message}" if message else "",
+    )
+
+
+def log_failure(request: HTTPServerRequest, exc: BaseException) -> None:
+    """Log an exception that ended a request, unless it is an expected answer (4xx, 409...)."""
+    if isinstance(exc, HTTPError | TaskException):
+        return  # expected: the request's log line carries the message
+    summary = f"{request.method} {request.path} ({request.remote_ip})"
+    if isinstance(exc, StoreUnavailable):
+        logger.warning("store unavailable during %s: %s", summary, exc)
+        return
+    logger.error("bug while serving %s", summary, exc_info=(type(exc), exc, exc.__traceback__))
