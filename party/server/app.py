@@ -5,7 +5,7 @@ queue, the settings and the force-run runner in, and each handler receives them 
 ``initialize`` (``AddTasks``, which serves the ordinary ``POST /tasks``, through its constructor).
 The store threads and the cached probes are made here too, one set per application. Imports
 tornado, ``config``, ``queue`` and ``server.handlers``/``adding``/``offload``/``probes``/
-``pipeline``. Each route here has its ``Operation`` in ``server.openapi`` (tests/test_openapi.py
+``pipeline``. Each route here has its ``Operation`` in ``server.operations`` (tests/test_openapi.py
 holds them together).
 """
 
