@@ -1,5 +1,5 @@
-"""How the Mongo store talks to MongoDB: client options, the errors it turns into Party's, and the
-indexes it expects.
+"""How the Mongo store talks to MongoDB: client options, the connection, the errors it turns into
+Party's, and the indexes it expects.
 
 - Options: Party's defaults (a 5 s server selection, a 10 s operation timeout) unless the URL sets
   them; writes acknowledged by the majority, reads from the primary whatever the URL says.
@@ -10,8 +10,10 @@ indexes it expects.
 - Indexes: one table (``INDEXES``) compared with what the collection holds, so that a clash (the
   same keys under another name, other options under the same name) stops the process with the
   index named, instead of failing with a raw code 85/86 in every worker.
+- Connecting: ``connect`` gives the client and the tasks collection of a URL without a round trip
+  (``mongomock://`` for tests).
 
-The only other module (with ``mongo``) that imports pymongo.
+With ``mongo`` and the other ``mongo_*`` modules, the only ones that import pymongo.
 """
 
 from __future__ import annotations
@@ -24,18 +26,21 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from bson.errors import InvalidDocument
-from pymongo import WriteConcern
+from pymongo import MongoClient, ReadPreference, WriteConcern
+from pymongo.collection import Collection
 from pymongo.errors import (
     BulkWriteError,
+    ConfigurationError,
     ConnectionFailure,
     CursorNotFound,
     DocumentTooLarge,
     DuplicateKeyError,
+    InvalidURI,
     PyMongoError,
     WriteConcernError,
 )
 
-from ..errors import StoreUnavailable, ValidationError
+from ..errors import ConfigError, StoreUnavailable, ValidationError
 from .mongo_codec import ORDER
 
 #: Client options Party sets unless the URL (or the caller) sets them. ``timeoutMS`` bounds every
@@ -232,3 +237,35 @@ def _canonical(value: Any) -> str:
 
 def _options_of(info: dict[str, Any]) -> dict[str, Any]:
     return {option: info[option] for option in _COMPARED_OPTIONS if option in info}
+
+
+# mongomock:// clients by host: every store of a process opened on one URL sees the same data.
+_MOCK_CLIENTS: dict[str, Any] = {}
+
+
+def connect(url: str, collection: str = "tasks", **client_options: Any) -> tuple[Any, Collection]:
+    """The client and the tasks collection of ``url``, without a round trip to the server: the
+    URL's write concern (majority unless it names one), and reads from the primary whatever it
+    says (a claim read from a secondary could miss what the claim just won, a read after an add
+    could miss the add). ``mongomock://host/db`` gives a mongomock one (for tests and
+    ``party check``'s own tests)."""
+    remember_secret(url)
+    if url.startswith("mongomock://"):
+        import mongomock  # a test dependency
+
+        host, _, rest = url.removeprefix("mongomock://").partition("/")
+        client: Any = _MOCK_CLIENTS.setdefault(host, mongomock.MongoClient())
+        name = rest.partition("?")[0] or "party"
+        majority = write_concern_for({})
+        return client, client.get_database(name).get_collection(collection, write_concern=majority)
+    options = client_options_for(url, **client_options)
+    try:
+        client = MongoClient(url, **options)
+        database = client.get_default_database()
+    except (ConfigurationError, InvalidURI, ValueError) as exc:
+        raise ConfigError(f"store URL is not usable: {scrub(str(exc))}") from None
+    concern = write_concern_for(client.write_concern.document)
+    tasks = database.get_collection(
+        collection, write_concern=concern, read_preference=ReadPreference.PRIMARY
+    )
+    return client, tasks
