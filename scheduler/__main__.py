@@ -6,7 +6,14 @@ module here would shadow a standard-library module of the same name for the whol
 """
 
 import os
+import signal
 import sys
+
+# A stop signal that arrives while the rest is imported is kept for main(), which stops gracefully
+# once the loop exists, instead of letting it kill the process half started.
+EARLY: list[int] = []
+for _signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(_signum, lambda signum, frame: EARLY.append(signum))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -15,4 +22,4 @@ if ROOT not in sys.path:
 from party.scheduler.main import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(early=EARLY))

@@ -398,3 +398,18 @@ def test_when_one_of_two_schedulers_dies_the_other_takes_its_tasks_back(sched):
     kill_group(doomed)
     wait_until(lambda: len(sched.runs()) == 4, 15, "the survivor to run both again")
     assert {(r["id"], r["attempts"]) for r in sched.runs()[2:]} == {(t.id, 2) for t in tasks}
+
+
+def catches_sigterm(pid):
+    """Whether process ``pid`` has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def test_a_stop_signal_during_start_up_is_a_graceful_stop(sched):
+    proc = sched.start(workers=2)
+    # As soon as the entry point can keep the signal: well before the loop exists.
+    wait_until(lambda: catches_sigterm(proc.pid), 10, "the entry point's signal handler")
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0, stderr_of(proc)

@@ -50,8 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the scheduler until SIGINT/SIGTERM; return the exit code (0 after a graceful stop)."""
+def main(argv: list[str] | None = None, *, early: list[int] | None = None) -> int:
+    """Run the scheduler until SIGINT/SIGTERM; return the exit code (0 after a graceful stop).
+
+    ``early`` collects stop signals that arrived before this call (the entry point installs its
+    collector before the imports): they are acted on once the loop exists.
+    """
+    # A stop signal that arrives while the scheduler is still starting is kept and acted on once
+    # the loop exists (a graceful stop, exit 0), instead of killing the process half set up.
+    early = [] if early is None else early
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: early.append(signum))
     args = build_parser().parse_args(argv)
     try:
         settings = config.load(args)
@@ -139,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    for signum in early:
+        on_signal(signum, None)
     logger.info(
         "scheduler started: %d workers x %d runs at once, store %s, lease %g s, poll %g s, "
         "grace %g s",
