@@ -29,8 +29,14 @@ run: compile  ## server and scheduler on the embedded store (Ctrl-C stops both)
 test: compile  ## the whole suite, processes included
 	$(BIN)/python -m pytest -q
 
+# The two files below hold process tests only, and the plugins load schemathesis and hypothesis
+# (about 3 s of imports) for them alone. Bytecode is written so that pytest keeps its rewritten
+# test modules between runs (tests/conftest.py fails any unmarked test that starts a process).
+FAST := -m "not processes" -p no:schemathesis -p no:hypothesispytest -p no:anyio \
+	--ignore=tests/test_fuzz.py --ignore=tests/test_dashboard_browser.py
+
 test-fast: compile  ## the suite without real processes (seconds)
-	$(BIN)/python -m pytest -q -m "not processes"
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q $(FAST)
 
 lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check party tests scheduler bench

@@ -118,3 +118,22 @@ def answers_follow_the_contract(request):
     problems = take_violations()
     if request.node.get_closest_marker("off_contract") is None:
         assert not problems, "answers that break docs/openapi.json:\n" + "\n".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def only_process_tests_start_processes(request, monkeypatch):
+    """A test that forks or starts a process must be marked ``processes``, so that
+    ``make test-fast`` (``-m "not processes"``) stays seconds long; an unmarked one fails here."""
+    if request.node.get_closest_marker("processes") is not None:
+        yield
+        return
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process: mark it @pytest.mark.processes"
+        )
+
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    yield

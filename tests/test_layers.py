@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PARTY = Path(__file__).resolve().parent.parent / "party"
 
 # Lower number = lower layer. A module may import its own layer's foundations or lower layers.
@@ -167,6 +169,7 @@ def test_client_config_and_log_use_the_standard_library_only():
                     assert not name.startswith("party"), rel
 
 
+@pytest.mark.processes
 def test_importing_party_loads_neither_tornado_nor_pymongo():
     code = (
         "import sys, party, party.client, party.queue, party.stores.sqlite, party.registry; "
@@ -186,6 +189,7 @@ def loaded_after(imports, modules):
     return out.stdout.strip()
 
 
+@pytest.mark.processes
 def test_scheduler_and_public_api_start_without_the_date_parser_or_hashes():
     # dateutil.parser costs about 15 ms of a start and hashlib 4 ms; only string timestamps and
     # recurring tasks need them. (The store's wake-up channel still hashes, so hashlib loads there.)
@@ -202,6 +206,7 @@ def test_public_api_is_pinned():
     ]  # fmt: skip
 
 
+@pytest.mark.processes
 def test_importing_party_loads_no_store_nor_server_nor_date_parser():
     # party.open imports the store it opens; handler modules and applications that only import
     # party pay for none of it.
@@ -210,6 +215,7 @@ def test_importing_party_loads_no_store_nor_server_nor_date_parser():
     assert loaded_after("party", heavy) == "[]"
 
 
+@pytest.mark.processes
 def test_open_loads_the_sqlite_store_but_neither_tornado_nor_pymongo_nor_the_date_parser():
     code = (
         "import sys, tempfile, party; "

@@ -61,7 +61,7 @@ def _done(task):
 
 
 def test_a_capped_handler_at_the_head_does_not_block_the_queue_behind_it(lq, clock):
-    limited = lq.add([{"party": "OneAtATime", "timestamp": clock.now - timedelta(hours=1)}] * 300)
+    limited = lq.add([{"party": "OneAtATime", "timestamp": clock.now - timedelta(hours=1)}] * 120)
     free = _add(lq, clock, *["Free"] * 20)
     first = lq.claim(5)
     assert [t.party for t in first] == ["OneAtATime", "Free", "Free", "Free", "Free"]

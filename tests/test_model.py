@@ -2,6 +2,8 @@ import os
 import pickle
 from datetime import datetime
 
+import pytest
+
 from party.model import Status, Task, canonical_json, is_valid_id, new_id, singleton_key
 
 
@@ -35,6 +37,7 @@ def test_ids_are_24_lowercase_hex():
     )
 
 
+@pytest.mark.processes
 def test_forked_child_draws_ids_of_its_own():
     read, write = os.pipe()
     pid = os.fork()

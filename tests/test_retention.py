@@ -144,6 +144,7 @@ def test_a_bad_duration_names_the_setting(bad):
         config.load({}, {"PARTY_KEEP_COMPLETED": bad})
 
 
+@pytest.mark.processes
 def test_the_scheduler_stops_at_start_on_a_bad_duration(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "scheduler"), "--store", f"sqlite:///{tmp_path / 'p.db'}",

@@ -27,6 +27,7 @@ HOLD_LOCK = (
 )
 
 
+@pytest.mark.processes
 def test_a_write_lock_held_by_another_process_is_unavailable_within_about_a_second(sqlite_path):
     store = SqliteStore(sqlite_path)
     holder = subprocess.Popen(
