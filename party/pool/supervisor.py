@@ -11,9 +11,9 @@ had not started; the worker's ``Slot`` says which runs were in progress. Forks h
 from a threaded process can leave the child stuck on a lock another thread held). Its workers
 either claim their own tasks (the scheduler's pool, given a ``ClaimPolicy``: they tell the pool
 what they took) or run what the pool hands them (``dispatch``, for the force-run service). The
-leases of what a worker holds are kept alive by that worker (``leases``). Imports the package's
-``worker``, ``slot`` and ``messages``, and ``channel``, ``queue``, ``stores``, ``registry``,
-``model`` and ``timestamps``.
+leases of what a worker holds are kept alive by that worker (``leases``); when a dead worker
+is started again is ``restarts``'. Imports the package's ``worker``, ``slot``, ``messages`` and
+``restarts``, and ``channel``, ``queue``, ``stores``, ``registry``, ``model`` and ``timestamps``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .claiming import ClaimPolicy
 from .leases import OVERRUN_GRACE
 from .messages import Claimed, Push
 from .outcomes import Finished, Ledger, finished_from
+from .restarts import Restarts
 from .slot import Slot
 from .worker import Worker
 
@@ -43,12 +44,6 @@ logger = logging.getLogger(__name__)
 
 #: How often idle workers are checked with waitpid (a dead worker also closes its pipe).
 REAP_INTERVAL = 1.0
-#: A worker that dies sooner than this after its start counts as failing to start.
-STABLE_AFTER = 5.0
-#: First and longest delay before restarting a worker that keeps failing to start (seconds).
-FIRST_RESTART_DELAY = 0.1
-MAX_RESTART_DELAY = 30.0
-
 #: Seconds past a handler's ``timeout`` before the pool kills a worker that runs several runs at
 #: once and did not end its overrun itself (its event loop is blocked, say).
 BACKSTOP_AFTER = 2 * OVERRUN_GRACE
@@ -114,8 +109,7 @@ class WorkerPool:
         self.claim = claim
         self.die_with_parent = die_with_parent
         self._children: list[_Child | None] = [None] * size
-        self._restart_at: dict[int, float] = {}
-        self._failures = [0] * size
+        self._restarts = Restarts(size)
         self._seq = 0
         self._stopping = False
         self._last_reap = time.monotonic()
@@ -175,13 +169,10 @@ class WorkerPool:
 
     def maintain(self) -> None:
         """Restart the workers whose restart delay has passed (main thread only)."""
-        if self._stopping or not self._restart_at:
+        if self._stopping or not self._restarts:
             return
-        now = time.monotonic()
-        for index, at in list(self._restart_at.items()):
-            if at <= now:
-                del self._restart_at[index]
-                self._spawn(index)
+        for index in self._restarts.due(time.monotonic()):
+            self._spawn(index)
 
     def attach_queue(self, queue: TaskQueue) -> None:
         """Use ``queue`` (opened after the fork) to fail or hand back the runs of dead workers."""
@@ -301,7 +292,7 @@ class WorkerPool:
 
     def _next_deadline(self) -> float:
         now = time.monotonic()
-        soonest = min(self._restart_at.values(), default=float("inf")) - now
+        soonest = self._restarts.soonest() - now
         for child in self._children:
             if child is None or not child.inflight:
                 continue
@@ -371,23 +362,18 @@ class WorkerPool:
         if self._stopping:
             logger.info("%s (pid %d) %s", name, child.pid, reason)
             return finished
-        # A worker that dies young (it cannot open its store, a start hook fails) is restarted
-        # after a delay that doubles each time, so a broken start never spins the CPU.
-        young = (
-            time.monotonic() - child.born < STABLE_AFTER
-            and timed_out is None
-            and child.exit_code != RETIRED_EXIT
+        now = time.monotonic()
+        delay = self._restarts.after_death(
+            child.index,
+            lived=now - child.born,
+            young_counts=timed_out is None and child.exit_code != RETIRED_EXIT,
+            now=now,
         )
-        failures = self._failures[child.index] = self._failures[child.index] + 1 if young else 0
-        delay = 0.0 if not failures else min(
-            FIRST_RESTART_DELAY * 2 ** (failures - 1), MAX_RESTART_DELAY
-        )  # fmt: skip
         if delay:
             logger.warning("%s (pid %d) %s; starting a new one in %.1f s", name, child.pid,
                            reason, delay)  # fmt: skip
         else:
             logger.warning("%s (pid %d) %s; starting a new one", name, child.pid, reason)
-        self._restart_at[child.index] = time.monotonic() + delay
         if threading.current_thread() is threading.main_thread():
             self.maintain()
         return finished
@@ -397,7 +383,7 @@ class WorkerPool:
     def hand_back_unstarted(self) -> None:
         """Ask every worker to hand back the tasks it holds but has not started (shutdown)."""
         self._stopping = True
-        self._restart_at.clear()
+        self._restarts.clear()
         for child in self._children:
             if child is not None:
                 child.slot.set_stop()
@@ -432,7 +418,7 @@ class WorkerPool:
     def kill(self) -> None:
         """Kill every worker at once, writing nothing (an immediate exit; leases recover)."""
         self._stopping = True
-        self._restart_at.clear()
+        self._restarts.clear()
         for child in self._children:
             if child is not None:
                 kill(child.pid)
