@@ -104,6 +104,12 @@ def test_a_connection_checkpoints_itself_when_nothing_maintains_the_store(sqlite
 # -- ids and the pickle of a task -----------------------------------------------------------------
 
 
+def test_statement_journals_are_kept_in_memory(sqlite_path):
+    # A multi-row statement inside a transaction (the capped claim, prune) keeps a statement
+    # journal: as a temp file's buffer it made a capped claim of 4 among 20,000 tasks 2.3x slower.
+    assert SqliteStore(sqlite_path)._db.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+
+
 def test_ids_are_object_ids_of_now_counting_up_within_a_process():
     before = int(time.time())
     ids = [new_id() for _ in range(1000)]
