@@ -230,3 +230,14 @@ def test_open_loads_the_sqlite_store_but_neither_tornado_nor_pymongo_nor_the_dat
         cwd=PARTY.parent, capture_output=True, text=True, check=True, env=env,
     )  # fmt: skip
     assert out.stdout.strip() == "['party.stores.sqlite']"
+
+
+def test_a_test_not_marked_processes_cannot_start_one():
+    # tests/conftest.py keeps make test-fast (-m "not processes") free of processes.
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.processes"):
+        subprocess.run([sys.executable, "-c", "pass"], check=False)
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.processes"):
+        pid = os.fork()  # without the guard: a real child, which leaves at once
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)

@@ -11,8 +11,8 @@ had not started; the worker's ``Slot`` says which runs were in progress. Forks h
 from a threaded process can leave the child stuck on a lock another thread held). Its workers
 either claim their own tasks (the scheduler's pool, given a ``ClaimPolicy``: they tell the pool
 what they took) or run what the pool hands them (``dispatch``, for the force-run service). The
-leases of what a worker holds are kept alive by that worker (``leases``); when a dead worker
-is started again is ``restarts``'. Imports the package's ``worker``, ``slot``, ``messages`` and
+leases of what a worker holds are kept alive by that worker (``leases``); ``restarts`` says when
+a dead worker is started again. Imports the package's ``worker``, ``slot``, ``messages`` and
 ``restarts``, and ``channel``, ``queue``, ``stores``, ``registry``, ``model`` and ``timestamps``.
 """
 
