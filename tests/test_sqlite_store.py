@@ -6,7 +6,7 @@ from datetime import datetime
 import pytest
 
 from party.errors import ConfigError
-from party.model import Write
+from party.model import Status, Write
 from party.stores import describe_store_url, load_backend, open_store
 from party.stores.sqlite import SqliteStore
 
@@ -121,6 +121,32 @@ def test_a_file_made_before_the_counts_table_gets_it_filled_on_open(sqlite_path,
     store._db.execute("PRAGMA user_version = 2")
     store.close()
     assert SqliteStore(sqlite_path).stats(datetime(2030, 1, 1))["statuses"]["queued"] == 3
+
+
+def test_a_version_5_file_gets_the_retention_index_that_names_the_live_statuses(
+    sqlite_path, registry
+):
+    from datetime import timedelta
+
+    from party.queue import TaskQueue
+
+    store = SqliteStore(sqlite_path)
+    queue = TaskQueue(store, registry)
+    old, kept = queue.add([{"party": "Noop"}, {"party": "Noop"}])
+    queue.delete(old.id)
+    store._db.execute("DROP INDEX tasks_ended")
+    store._db.execute(
+        "CREATE INDEX tasks_ended ON tasks (status, coalesce(completed_on, created)) "
+        "WHERE status IN ('completed', 'failed', 'deleted')"
+    )
+    store._db.execute("PRAGMA user_version = 5")
+    store.close()
+    store = SqliteStore(sqlite_path)
+    index = "SELECT sql FROM sqlite_master WHERE name = 'tasks_ended'"
+    (sql,) = store._db.execute(index).fetchone()
+    assert "NOT IN ('queued', 'running')" in sql
+    assert store.prune([Status.DELETED], datetime.now() + timedelta(days=1), 10) == 1
+    assert store.get(old.id) is None and store.get(kept.id) is not None
 
 
 @pytest.mark.parametrize(("due", "ahead", "delayed"), [(9, 1, 0), (1, 9, 2), (9, 9, 2), (0, 0, 0)])

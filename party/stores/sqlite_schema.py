@@ -27,7 +27,7 @@ URL_OPTIONS = {"synchronous": SYNCHRONOUS}
 #: umask: never readable by other users.
 FILE_MODE = 0o660
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 {tasks_table}
@@ -46,9 +46,13 @@ DROP INDEX IF EXISTS tasks_singleton;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_live_singleton ON tasks (singleton)
     WHERE singleton IS NOT NULL;
 -- Retention (prune): the ended tasks by the time they ended. Partial, so queued and running
--- tasks cost no entry; a task gains one when it ends. Replaces nothing: new in version 5.
+-- tasks cost no entry; a task gains one when it ends. Every UPDATE of a status evaluates the
+-- WHERE for the old row and the new one: an IN list of three or more values is built as a
+-- temporary b-tree each time, which cost the drain a sixth of its instructions (version 5), so
+-- the WHERE names the two live statuses, which SQLite compares in place (version 6).
+DROP INDEX IF EXISTS tasks_ended;
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (status, coalesce(completed_on, created))
-    WHERE status IN ('completed', 'failed', 'deleted');
+    WHERE status NOT IN ('queued', 'running');
 -- Counters that outlive the tasks they count: 'pruned' (tasks removed by retention).
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (name, value) VALUES ('pruned', 0);

@@ -54,7 +54,7 @@ _OLDEST_DUE = (
 
 # The WHERE of tasks_ended, written as its definition writes it: SQLite uses a partial index only
 # for a query that repeats its condition.
-_ENDED = "status IN ('completed', 'failed', 'deleted')"
+_ENDED = "status NOT IN ('queued', 'running')"
 _PRUNE = (
     "DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks INDEXED BY tasks_ended WHERE "
     + _ENDED
