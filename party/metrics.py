@@ -14,6 +14,7 @@ the buckets and must not pay for it. Imports ``views`` and the standard library 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,8 +48,7 @@ def observe(histogram: dict[str, Any], value: float, buckets: Sequence[float]) -
     """Count ``value`` in ``histogram`` (``{"buckets": [n per bucket, +Inf last], "sum", "count"}``,
     the non-cumulative form a heartbeat record keeps), in place."""
     counts = histogram.setdefault("buckets", [0] * (len(buckets) + 1))
-    index = next((i for i, bound in enumerate(buckets) if value <= bound), len(buckets))
-    counts[index] += 1
+    counts[bisect_left(buckets, value)] += 1  # the first bound >= value; +Inf past the last
     histogram["sum"] = histogram.get("sum", 0.0) + value
     histogram["count"] = histogram.get("count", 0) + 1
 
