@@ -105,6 +105,22 @@ def test_notify_without_any_listener_is_harmless(tmp_path):
     notifier.close()
 
 
+def test_a_notifier_that_found_no_folder_wakes_a_scheduler_that_listens_later(tmp_path):
+    # An application adds before any scheduler ran (each add then costs one failed stat), and
+    # the first scheduler's folder is checked and used from the next add on.
+    directory = tmp_path / "wake"
+    notifier = Notifier(directory)
+    try:
+        assert notifier.notify() == 0 and notifier.notify() == 0
+        listener = Listener(directory)
+        try:
+            assert notifier.notify() == 1 and readable(listener)
+        finally:
+            listener.close()
+    finally:
+        notifier.close()
+
+
 def test_channel_folder_is_short_enough_for_socket_paths():
     deep = "/" + "very-long-directory-name/" * 20 + "party.db"
     path = channel_dir("sqlite:" + deep) / f"{os.getpid()}-abcdef.sock"

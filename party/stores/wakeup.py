@@ -162,6 +162,7 @@ class Notifier:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._path = os.fspath(directory)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._mtime: int | None = None
@@ -170,15 +171,16 @@ class Notifier:
         self._warned = False
 
     def _refresh(self) -> list[str]:
-        if not self._checked:
-            if not open_channel_dir(self.directory, create=False):
-                return []  # no scheduler ever listened here
-            self._checked = True
         try:
-            mtime = os.stat(self.directory).st_mtime_ns
+            mtime = os.stat(self._path).st_mtime_ns
         except FileNotFoundError:
+            # No scheduler listens here (yet): one failed stat per add, nothing more.
             self._mtime, self._targets, self._checked = None, [], False
             return self._targets
+        if not self._checked:
+            if not open_channel_dir(self.directory, create=False):
+                return []
+            self._checked = True
         if mtime != self._mtime:
             self._mtime = mtime
             self._targets = [
