@@ -24,16 +24,37 @@ from tests.test_wire import WHY, make_task
 def test_due_task_claim_is_served_by_the_order_index_without_a_sort(sqlite_path):
     store = SqliteStore(sqlite_path)
     plan = " ".join(store.explain_claim(datetime(2030, 1, 1)))
-    assert "USING INDEX tasks_order" in plan
+    # Covering: run_at ends the index, so the retries waiting at its head are skipped unread.
+    assert "USING COVERING INDEX tasks_order" in plan
     assert "TEMP B-TREE" not in plan  # no sort step: the index gives queue order
 
 
-def test_next_run_at_reads_one_entry_of_the_run_at_index(sqlite_path):
-    from party.stores.sqlite import NEXT_RUN_AT
+def test_next_run_at_reads_the_first_entries_of_two_indexes(sqlite_path):
+    from party.stores.sqlite import NEXT_DELAYED, NEXT_UNDELAYED
 
     store = SqliteStore(sqlite_path)
-    plan = " ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + NEXT_RUN_AT))
-    assert "USING INDEX tasks_run_at" in plan and "TEMP B-TREE" not in plan
+    for sql, index in ((NEXT_DELAYED, "tasks_delayed"), (NEXT_UNDELAYED, "tasks_order")):
+        plan = " ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql))
+        assert f"INDEX {index}" in plan and "TEMP B-TREE" not in plan
+
+
+def test_only_retries_waiting_for_their_delay_have_an_entry_in_the_delayed_index(sqlite_path):
+    # A fresh task's run_at is its timestamp: an add writes no page of tasks_delayed.
+    from datetime import timedelta
+
+    from party.model import Write
+
+    store = SqliteStore(sqlite_path)
+    now = datetime(2030, 1, 1)
+    store.insert_many([make_task(id=new_id(), timestamp=now, run_at=now) for _ in range(3)])
+    entries = "SELECT COUNT(*) FROM tasks INDEXED BY tasks_delayed WHERE " + (
+        "status = 'queued' AND run_at > timestamp"
+    )
+    assert store._db.execute(entries).fetchone()[0] == 0
+    (task, *_) = store.claim(3, now, now + timedelta(minutes=1), "tok")
+    retry = {"status": Status.QUEUED, "run_at": now + timedelta(seconds=30)}
+    assert store.write_many([Write(task.id, retry, lease="tok")]) == [True]
+    assert store._db.execute(entries).fetchone()[0] == 1
 
 
 def test_batched_writes_find_each_task_by_its_id(sqlite_path):
@@ -96,7 +117,7 @@ def test_partial_indexes_cost_a_status_update_no_temporary_btree(sqlite_path):
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' "
         "AND sql LIKE '%WHERE%'"
     ).fetchall()
-    assert {"tasks_ended", "tasks_run_at"} <= {name for (name,) in partial}
+    assert {"tasks_ended", "tasks_delayed"} <= {name for (name,) in partial}
     for (name,) in partial:
         db.execute(f"DROP INDEX {name}")
     db.close()

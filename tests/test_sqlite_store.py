@@ -110,6 +110,31 @@ def test_stats_counts_kept_by_triggers_match_a_full_count(sqlite_path, registry)
     assert stats["due"] == due == 3 and stats["oldest_due"] == now
 
 
+def test_a_version_6_file_trades_its_run_at_index_for_the_delayed_one(sqlite_path, registry):
+    store = SqliteStore(sqlite_path)
+    now = datetime(2030, 1, 1)
+    from party.stores.sqlite_schema import changed_indexes
+
+    assert changed_indexes(store._db) == []  # a file of this version rebuilds nothing
+    store._db.execute("DROP INDEX tasks_delayed")
+    store._db.execute("CREATE INDEX tasks_run_at ON tasks (run_at) WHERE status = 'queued'")
+    store._db.execute("DROP INDEX tasks_order")
+    store._db.execute(
+        "CREATE INDEX tasks_order ON tasks (status, timestamp, attempts, created, id)"
+    )
+    store._db.execute("PRAGMA user_version = 6")
+    assert changed_indexes(store._db) == ["tasks_order"]
+    store.close()
+    store = SqliteStore(sqlite_path)
+    names = dict(store._db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+    assert "tasks_delayed" in names and "tasks_run_at" not in names
+    assert "id, run_at)" in names["tasks_order"] and changed_indexes(store._db) == []
+    from party.queue import TaskQueue
+
+    (task,) = TaskQueue(store, registry).add([{"party": "Noop", "timestamp": now}])
+    assert store.next_run_at() == task.timestamp == now
+
+
 def test_a_file_made_before_the_counts_table_gets_it_filled_on_open(sqlite_path, registry):
     from party.queue import TaskQueue
 

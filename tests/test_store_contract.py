@@ -156,6 +156,17 @@ def test_next_run_at_is_earliest_run_at_of_queued_tasks(store):
     assert store.next_run_at() == T0 + timedelta(seconds=4)
 
 
+def test_next_run_at_looks_past_retries_waiting_at_the_head_of_the_queue(store):
+    # Retries keep their place in queue order (their timestamp) while they wait for their delay.
+    waiting = [
+        make(at=T0 - timedelta(seconds=i), run_at=T0 + timedelta(minutes=5)) for i in range(5)
+    ]
+    store.insert_many([*waiting, make(at=T0 + timedelta(seconds=30))])
+    assert store.next_run_at() == T0 + timedelta(seconds=30)
+    store.insert_many([make(at=T0 - timedelta(hours=1), run_at=T0 + timedelta(seconds=2))])
+    assert store.next_run_at() == T0 + timedelta(seconds=2)
+
+
 def test_query_filters_and_pages_after_an_order_key(store):
     tasks = [make(at=T0 + timedelta(seconds=i), party="A" if i % 2 else "B") for i in range(6)]
     store.insert_many(tasks)

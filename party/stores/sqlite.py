@@ -42,7 +42,8 @@ from .sqlite_statements import (
     _WAITING_CAPPED,
     INSERT,
     INSERT_FRESH,
-    NEXT_RUN_AT,
+    NEXT_DELAYED,
+    NEXT_UNDELAYED,
     ORDER,
     RETURNING,
     SELECT,
@@ -58,7 +59,15 @@ from .sqlite_statements import (
 
 # Imported from here by ``stores.open_store``, tests and benchmarks: where they were defined
 # before the schema, the statements and the file had modules of their own.
-__all__ = ["INSERT", "NEXT_RUN_AT", "SqliteStore", "_PRUNE", "_batch_update_statement", "parse_url"]
+__all__ = [
+    "INSERT",
+    "NEXT_DELAYED",
+    "NEXT_UNDELAYED",
+    "SqliteStore",
+    "_PRUNE",
+    "_batch_update_statement",
+    "parse_url",
+]
 
 
 class SqliteStore(SqliteFile):
@@ -344,8 +353,8 @@ class SqliteStore(SqliteFile):
 
     def next_run_at(self) -> datetime | None:
         with self._guard() as db:
-            row = db.execute(NEXT_RUN_AT).fetchone()
-        return None if row is None else from_micros(row[0])
+            found = [row[0] for sql in (NEXT_UNDELAYED, NEXT_DELAYED) for row in db.execute(sql)]
+        return from_micros(min(found)) if found else None
 
     def stats(self, now: datetime) -> dict[str, Any]:
         """Counts from the ``counts`` table; ``due`` by counting, in the order index, whichever

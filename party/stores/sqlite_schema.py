@@ -11,6 +11,7 @@ never ``stores.base``, the other SQLite modules, ``handler``, ``registry`` or ``
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -27,15 +28,22 @@ URL_OPTIONS = {"synchronous": SYNCHRONOUS}
 #: umask: never readable by other users.
 FILE_MODE = 0o660
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 {tasks_table}
 -- Serves the due-task claim (status = 'queued', timestamp <= now) in queue order, and listings
--- filtered by status, without a sort.
-CREATE INDEX IF NOT EXISTS tasks_order ON tasks (status, timestamp, attempts, created, id);
--- The next time a queued task becomes due (the scheduler's sleep target).
-CREATE INDEX IF NOT EXISTS tasks_run_at ON tasks (run_at) WHERE status = 'queued';
+-- filtered by status, without a sort. Ends with run_at so that the claim and next_run_at skip the
+-- retries waiting for their delay at the head of the queue within the index, without reading
+-- their rows (3.5 times faster past 10,000 of them; version 7).
+CREATE INDEX IF NOT EXISTS tasks_order ON tasks (status, timestamp, attempts, created, id, run_at);
+-- Queued retries waiting for their delay (run_at > timestamp; a task's run_at is its timestamp
+-- otherwise): with the order index, the next time a queued task becomes due (the scheduler's
+-- sleep target). Replaces tasks_run_at (version 6 and before), which held every queued task: a
+-- page more in the log of every add, an entry more to delete in every claim.
+DROP INDEX IF EXISTS tasks_run_at;
+CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks (run_at)
+    WHERE status = 'queued' AND run_at > timestamp;
 -- Expired leases are found through tasks_order (status = 'running'): running tasks are few, so
 -- an index of their own would only cost an update on every claim and completion.
 DROP INDEX IF EXISTS tasks_lease;
@@ -50,7 +58,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS tasks_live_singleton ON tasks (singleton)
 -- WHERE for the old row and the new one: an IN list of three or more values is built as a
 -- temporary b-tree each time, which cost the drain a sixth of its instructions (version 5), so
 -- the WHERE names the two live statuses, which SQLite compares in place (version 6).
-DROP INDEX IF EXISTS tasks_ended;
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (status, coalesce(completed_on, created))
     WHERE status NOT IN ('queued', 'running');
 -- Counters that outlive the tasks they count: 'pruned' (tasks removed by retention).
@@ -201,11 +208,36 @@ def is_prepared(db: sqlite3.Connection, path: str) -> bool:
     return not missing_columns(db)
 
 
+_CREATE_INDEX = re.compile(r"CREATE (UNIQUE )?INDEX IF NOT EXISTS (\w+) ")
+
+
+def changed_indexes(db: sqlite3.Connection) -> list[str]:
+    """The indexes of the file whose definition is not the schema's (made by an earlier Party):
+    ``migrate`` drops them, and the script builds them again."""
+    stored = dict(
+        db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+    )
+    changed = []
+    for statement in _statements(SCHEMA):
+        found = _CREATE_INDEX.search(statement)
+        if found is None or found.group(2) not in stored:
+            continue
+        # SQLite keeps the statement as written, less "IF NOT EXISTS".
+        wanted = f"CREATE {found.group(1) or ''}INDEX {found.group(2)} "
+        wanted += statement[found.end() :].strip().rstrip(";")
+        if " ".join(wanted.split()) != " ".join(stored[found.group(2)].split()):
+            changed.append(found.group(2))
+    return changed
+
+
 def migrate(db: sqlite3.Connection, path: str) -> None:
     """Create or migrate the schema, inside the caller's write transaction: the script of an older
-    version, then a column for each field declared since the file was made (a new field only
-    needs its line in ``model.Task``; its stored tasks read its default)."""
+    version (indexes whose definition changed are dropped first and built again), then a column
+    for each field declared since the file was made (a new field only needs its line in
+    ``model.Task``; its stored tasks read its default)."""
     if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        for name in changed_indexes(db):
+            db.execute(f'DROP INDEX "{name}"')
         for statement in _statements(SCHEMA):
             db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

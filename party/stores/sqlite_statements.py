@@ -26,10 +26,19 @@ SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tasks"
 RETURNING = " RETURNING " + ", ".join(COLUMNS)
 INSERT = f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 ORDER = " ORDER BY timestamp, attempts, created, id"
-# Left to itself the planner answers MIN(run_at) by scanning every queued row of tasks_order.
-NEXT_RUN_AT = (
-    "SELECT run_at FROM tasks INDEXED BY tasks_run_at WHERE status = 'queued' "
-    "ORDER BY run_at LIMIT 1"
+# A queued task is due at its run_at, which is its timestamp but for a retry waiting for its
+# delay (run_at > timestamp): those are the only entries of tasks_delayed. The next due time is
+# the earlier of the first of them and the first queued task of the order index that waits for
+# no delay (the walk skips the delayed retries at its head; the claim walks them as well).
+# INDEXED BY: left to itself the planner may scan every queued row for a MIN.
+_DELAYED_WHERE = "status = 'queued' AND run_at > timestamp"
+NEXT_DELAYED = (
+    "SELECT run_at FROM tasks INDEXED BY tasks_delayed WHERE " + _DELAYED_WHERE
+    + " ORDER BY run_at LIMIT 1"
+)  # fmt: skip
+NEXT_UNDELAYED = (
+    "SELECT timestamp FROM tasks INDEXED BY tasks_order WHERE status = 'queued' "
+    "AND run_at <= timestamp ORDER BY status, timestamp LIMIT 1"
 )
 
 #: Index entries ``stats`` first counts on each side of ``now`` (see ``SqliteStore.stats``).
@@ -39,14 +48,14 @@ _DUE_CAPPED = (
     "AND run_at <= ? LIMIT ?)"
 )
 # Queued but not due: a timestamp ahead (the order index), or one passed with a retry delay ahead
-# (the run_at index: retries are few).
+# (tasks_delayed: retries are few).
 _WAITING_CAPPED = (
     "SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE status = 'queued' AND timestamp > ? LIMIT ?)"
 )
 _DELAYED = (
-    "SELECT COUNT(*) FROM tasks INDEXED BY tasks_run_at WHERE status = 'queued' AND run_at > ? "
-    "AND timestamp <= ?"
-)
+    "SELECT COUNT(*) FROM tasks INDEXED BY tasks_delayed WHERE " + _DELAYED_WHERE
+    + " AND run_at > ? AND timestamp <= ?"
+)  # fmt: skip
 _OLDEST_DUE = (
     "SELECT timestamp FROM tasks WHERE status = 'queued' AND timestamp <= ? AND run_at <= ? "
     "ORDER BY status, timestamp LIMIT 1"
