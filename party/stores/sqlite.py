@@ -95,7 +95,7 @@ class SqliteStore(SqliteFile):
         for task in tasks:
             is_fresh, row = _task_to_row(task, micros)
             (fresh if is_fresh else other).append(row)
-        with self._guard(write=True) as db:
+        with self._guard(write=True, sync=False) as db:
             try:
                 if key is not None:
                     # The key's record and the tasks commit together: a repeat finds both or
@@ -126,7 +126,10 @@ class SqliteStore(SqliteFile):
                 if clash is None:
                     raise
                 raise singleton_conflict(tasks[clash], clash) from None
+        # The workers first: they may start the tasks while the log is being synced. The caller
+        # hears back only once it is (a durable store), as SQLite's FULL would have it.
         self.notify()
+        self._sync_log()
         return list(tasks)
 
     def _hold_key(self, db: sqlite3.Connection, key: KeyedAdd) -> None:

@@ -2,11 +2,12 @@
 
 ``SqliteFile`` opens (and creates, owner and group only) the file, switches it to WAL and migrates
 its schema once under the writers' lock, serializes the connection's use and queues writers on an
-``flock`` of a lock file beside it, runs the checkpoints outside that lock, checks that the store
-takes a write, describes the file, and carries its wake-up channel: the half of ``Store`` that is
-about the file, not the tasks (``SqliteStore`` in ``sqlite`` adds those). Imports only the
-standard library, ``errors``, ``stores.base``, ``stores.wakeup`` and ``sqlite_schema``: never
-``handler``, ``registry`` or ``queue``.
+``flock`` of a lock file beside it, runs the checkpoints outside that lock, makes a durable
+store's writes durable (``sqlite_log``), checks that the store takes a write, describes the file,
+and carries its wake-up channel: the half of ``Store`` that is about the file, not the tasks
+(``SqliteStore`` in ``sqlite`` adds those). Imports only the standard library, ``errors``,
+``stores.base``, ``stores.wakeup``, ``sqlite_log`` and ``sqlite_schema``: never ``handler``,
+``registry`` or ``queue``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, StoreBusy, StoreUnavailable
 from .base import Finding, Store
+from .sqlite_log import LogSync
 from .sqlite_schema import (
     FILE_MODE,
     SCHEMA_VERSION,
@@ -128,10 +130,13 @@ class SqliteFile(Store):
                 check_same_thread=False,
                 cached_statements=256,
             )
-            # FULL syncs the log at every commit, so an acknowledged add survives a power cut;
-            # NORMAL (in WAL mode) loses no commit when a process dies, only the last few ones
-            # when the machine does.
-            self._db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            # SQLite commits without waiting for the disk (NORMAL: in WAL mode no commit is lost
+            # when a process dies, only the last few when the machine does); a durable store
+            # ("full", the default) syncs the log before a write returns (``sqlite_log``).
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._log = (
+                LogSync(self.path) if synchronous == "full" and self.path != ":memory:" else None
+            )
             self._db.execute("PRAGMA foreign_keys = OFF")
             # A statement that may change several rows inside BEGIN ... COMMIT (the capped claim,
             # a write_many of several statements, prune) keeps a statement journal to undo itself
@@ -210,8 +215,10 @@ class SqliteFile(Store):
         db.execute("COMMIT")
 
     @contextmanager
-    def _guard(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """Serialize use of the connection; for a write, also queue behind other writers.
+    def _guard(self, *, write: bool = False, sync: bool = True) -> Iterator[sqlite3.Connection]:
+        """Serialize use of the connection; for a write, also queue behind other writers, and in
+        a durable store sync the log once the block ends (``sync=False``: the caller calls
+        ``_sync_log`` itself before it answers, after waking the workers).
 
         SQLite's own busy handler sleeps 1 ms, then 2, 5, 10... between tries, which would put
         milliseconds into every contended claim and completion. Writers of Party processes wait
@@ -240,9 +247,35 @@ class SqliteFile(Store):
                 if locked:
                     fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
             if locked:
+                if self._log is not None:
+                    self._log.committed()
                 self._writes += 1
                 if self._writes >= CHECKPOINT_EVERY_WRITES:
                     self._checkpoint()
+        if write and sync:
+            self._sync_log()
+
+    def _sync_log(self) -> None:
+        """Return once the log is on disk through this connection's last commit (a durable
+        store; else at once). Raises ``StoreUnavailable`` when the disk refuses the sync: the
+        write is in the log, other processes may already see it, but it is not known to survive
+        a power cut."""
+        log = self._log
+        if log is None:
+            return
+        try:
+            log.sync()
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"SQLite store {self.path!r}: a write was committed but its log could not be "
+                f"synced to disk ({exc}); it may not survive a power cut"
+            ) from exc
+
+    @property
+    def durable(self) -> bool:
+        """Whether a write returns only once it is on disk (``synchronous=full``, the default;
+        ``relax_commits`` and ``?synchronous=normal`` turn it off)."""
+        return self._log is not None
 
     @property
     def inline_writes(self) -> bool:  # type: ignore[override]
@@ -250,11 +283,11 @@ class SqliteFile(Store):
         return self.synchronous != "full"
 
     def relax_commits(self) -> None:
-        # In WAL mode the next durable commit (an add's) syncs the whole log, this connection's
-        # frames with it: durability stays with the adds, and the workers skip a sync apiece.
-        if self.synchronous == "full":
-            with self._guard():
-                self._db.execute("PRAGMA synchronous = NORMAL")
+        # The next durable write (an add's) syncs the whole log, this connection's frames with
+        # it: durability stays with the adds, and the workers skip a sync apiece.
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
 
     @contextmanager
     def lock_wait(self, seconds: float) -> Iterator[None]:
@@ -322,6 +355,8 @@ class SqliteFile(Store):
                         "INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)",
                         (time.time_ns() // 1000,),
                     )
+                    if self._log is not None:
+                        self._log.committed()
                 finally:
                     self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             except sqlite3.Error as exc:
@@ -333,6 +368,7 @@ class SqliteFile(Store):
                     fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
         finally:
             self._lock.release()
+        self._sync_log()  # and the disk syncs it (a durable store)
 
     def _check_file(self, where: str) -> None:
         """Raise unless the file still starts with SQLite's header and its file system has room.
@@ -373,6 +409,8 @@ class SqliteFile(Store):
         with self._lock:
             self._db.close()
             self._close_lock_file()
+            if self._log is not None:
+                self._log.close()
             if self._notifier is not None:
                 self._notifier.close()
 
@@ -380,7 +418,8 @@ class SqliteFile(Store):
         """The file, its journal mode, synchronous setting, schema version and size."""
         with self._guard() as db:
             journal = db.execute("PRAGMA journal_mode").fetchone()[0]
-            synchronous = db.execute("PRAGMA synchronous").fetchone()[0]
+            # SQLite commits with NORMAL; a durable store syncs the log itself (``_sync_log``).
+            synchronous = 2 if self.durable else db.execute("PRAGMA synchronous").fetchone()[0]
             version = db.execute("PRAGMA user_version").fetchone()[0]
             missing = missing_columns(db)
         findings = [

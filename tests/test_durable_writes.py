@@ -1,0 +1,161 @@
+"""Durable writes on SQLite: a write returns only once its log is on disk, an add is visible to the
+workers before that sync ends, concurrent writes share a sync, and relaxed connections never sync.
+
+The sync is observed by wrapping ``os.fdatasync`` and keeping the calls made on the store's log
+file (``-wal``): a real file on a real disk, only watched.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from party.errors import StoreUnavailable
+from party.queue import TaskQueue
+from party.stores import open_store
+from party.stores.sqlite import SqliteStore
+from party.timestamps import system_now
+
+
+@pytest.fixture
+def log_syncs(monkeypatch, tmp_path):
+    """The syncs of ``tmp_path/p.db-wal``, as a list the test reads; ``log_syncs.during`` holds a
+    callable run inside each sync (before the real one), to look at the store meanwhile."""
+    real = os.fdatasync
+    log = tmp_path / "p.db-wal"
+
+    class Syncs(list):
+        during = None
+
+    syncs = Syncs()
+
+    def watched(fd: int) -> None:
+        if log.exists() and os.fstat(fd).st_ino == log.stat().st_ino:
+            syncs.append(time.monotonic())
+            if syncs.during is not None:
+                syncs.during()
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", watched)
+    return syncs
+
+
+def test_a_durable_add_returns_only_once_its_log_is_synced(tmp_path, registry, log_syncs):
+    store = SqliteStore(tmp_path / "p.db")
+    queue = TaskQueue(store, registry)
+    try:
+        assert store.durable
+        before = len(log_syncs)
+        queue.add([{"party": "Noop"}])
+        assert len(log_syncs) == before + 1
+    finally:
+        store.close()
+
+
+def test_an_add_is_visible_to_the_workers_while_its_sync_runs(tmp_path, registry, log_syncs):
+    # The workers are woken before the sync: a task may start while its add is made durable.
+    store = SqliteStore(tmp_path / "p.db")
+    queue = TaskQueue(store, registry)
+    counted: list[int] = []
+
+    def count_from_another_connection() -> None:
+        db = sqlite3.connect(tmp_path / "p.db")
+        try:
+            counted.append(db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+        finally:
+            db.close()
+
+    try:
+        queue.add([{"party": "Noop"}])  # the log exists from here on
+        log_syncs.during = count_from_another_connection
+        queue.add([{"party": "Noop"}])
+    finally:
+        log_syncs.during = None
+        store.close()
+    assert counted == [2]
+
+
+def test_a_failed_sync_says_the_write_is_committed_but_not_known_durable(
+    tmp_path, registry, log_syncs
+):
+    store = SqliteStore(tmp_path / "p.db")
+    queue = TaskQueue(store, registry)
+    try:
+        queue.add([{"party": "Noop"}])
+
+        def refuse() -> None:
+            raise OSError(5, "Input/output error")
+
+        log_syncs.during = refuse
+        with pytest.raises(StoreUnavailable) as info:
+            queue.add([{"party": "Noop"}])
+        assert "committed" in str(info.value) and "could not be synced" in str(info.value)
+        log_syncs.during = None
+        queue.add([{"party": "Noop"}])  # the next write syncs again
+    finally:
+        store.close()
+
+
+def test_concurrent_durable_adds_share_a_sync(tmp_path, registry, log_syncs):
+    store = SqliteStore(tmp_path / "p.db")
+    queue = TaskQueue(store, registry)
+    queue.add([{"party": "Noop"}])
+    log_syncs.clear()
+    # A slow disk: while one sync runs, the other threads commit and queue behind it; the next
+    # sync covers all of them. Syncing inside the connection's lock would take one per add.
+    log_syncs.during = lambda: time.sleep(0.05)
+    start = threading.Barrier(8)
+
+    def add() -> None:
+        start.wait()
+        queue.add([{"party": "Noop"}])
+
+    threads = [threading.Thread(target=add) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert queue.stats()["statuses"]["queued"] == 9
+    finally:
+        store.close()
+    assert 1 <= len(log_syncs) <= 3
+
+
+def test_every_write_of_a_durable_store_is_synced_not_only_adds(tmp_path, registry, log_syncs):
+    store = SqliteStore(tmp_path / "p.db")
+    queue = TaskQueue(store, registry)
+    try:
+        task = queue.add([{"party": "Noop"}])[0]
+        before = len(log_syncs)
+        queue.delete(task.id)
+        assert len(log_syncs) == before + 1
+        before = len(log_syncs)
+        store.check_writable()
+        assert len(log_syncs) == before + 1
+    finally:
+        store.close()
+
+
+def test_relaxed_and_normal_connections_never_sync(tmp_path, registry, log_syncs):
+    adds = open_store(f"sqlite:///{tmp_path}/p.db")
+    TaskQueue(adds, registry).add([{"party": "Noop"}, {"party": "Noop"}])
+    worker = open_store(f"sqlite:///{tmp_path}/p.db")
+    worker.relax_commits()
+    normal = open_store(f"sqlite:///{tmp_path}/p.db?synchronous=normal")
+    try:
+        assert adds.durable and not worker.durable and not normal.durable
+        before = len(log_syncs)
+        queue = TaskQueue(worker, registry)
+        claimed = queue.claim(1, now=system_now() + timedelta(seconds=1))
+        assert len(claimed) == 1
+        TaskQueue(normal, registry).add([{"party": "Noop"}])
+        assert len(log_syncs) == before
+    finally:
+        for store in (adds, worker, normal):
+            store.close()
