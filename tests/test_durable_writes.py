@@ -8,6 +8,7 @@ file (``-wal``): a real file on a real disk, only watched.
 from __future__ import annotations
 
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -78,6 +79,26 @@ def test_an_add_is_visible_to_the_workers_while_its_sync_runs(tmp_path, registry
         log_syncs.during = None
         store.close()
     assert counted == [2]
+
+
+def test_a_listening_worker_is_woken_before_the_sync_of_an_add(tmp_path, registry, log_syncs):
+    store = SqliteStore(tmp_path / "p.db")
+    worker = SqliteStore(tmp_path / "p.db")
+    listener = worker.listen()
+    assert listener is not None
+    queue = TaskQueue(store, registry)
+    woken: list[bool] = []
+    try:
+        queue.add([{"party": "Noop"}])  # learns that someone listens
+        listener.drain()
+        log_syncs.during = lambda: woken.append(bool(select.select([listener], [], [], 0)[0]))
+        queue.add([{"party": "Noop"}])
+    finally:
+        log_syncs.during = None
+        listener.close()
+        worker.close()
+        store.close()
+    assert woken == [True]
 
 
 def test_a_failed_sync_says_the_write_is_committed_but_not_known_durable(

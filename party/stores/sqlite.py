@@ -126,10 +126,9 @@ class SqliteStore(SqliteFile):
                 if clash is None:
                     raise
                 raise singleton_conflict(tasks[clash], clash) from None
-        # The workers first: they may start the tasks while the log is being synced. The caller
-        # hears back only once it is (a durable store), as SQLite's FULL would have it.
-        self.notify()
-        self._sync_log()
+        # The caller hears back only once the log is synced (a durable store), as with SQLite's
+        # FULL; the workers may be woken first, and start the tasks during the sync.
+        self._notify_and_sync()
         return list(tasks)
 
     def _hold_key(self, db: sqlite3.Connection, key: KeyedAdd) -> None:
