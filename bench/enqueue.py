@@ -9,13 +9,15 @@ starts; the clients use ``http.client`` directly.
 
 Then the in-process add (``party.open``, no server; the peer harness's W1 for ``party-local``): one
 ``add`` per task from one process on a fresh store, durable (the store's default,
-``synchronous=full``: one sync of the log per add) and with ``?synchronous=normal``.
+``synchronous=full``: one sync of the log per add), the same from 8 threads at once (their
+commits share syncs), and with ``?synchronous=normal``.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,11 @@ WORKLOADS = (
 SINGLE_RATIO_TARGET = 0.6
 #: Tasks per second through POSTs of 1,000 tasks.
 BATCH_1000_TARGET = 40_000.0
-#: In-process adds, one per call: (label, store URL option, full-size, quick-size).
+#: In-process adds, one per call: (label, store URL option, full-size, quick-size); "x8" adds
+#: from 8 threads of one process at once (a durable store's commits then share their syncs).
 LOCAL_WORKLOADS = (
     ("in-process single x1", "", 3000, 600),
+    ("in-process single x8 threads", "", 6000, 1200),
     ("in-process single x1 synchronous=normal", "?synchronous=normal", 20_000, 3000),
 )
 
@@ -99,22 +103,32 @@ def load(address: str, n_tasks: int, batch: int, clients: int, offset: int) -> d
     }
 
 
-def _local_client(store: str, n: int, results: Any) -> None:  # pragma: no cover - a child
+def _local_client(
+    store: str, n: int, threads: int, results: Any
+) -> None:  # pragma: no cover - a child
     with harness.open_local(store) as queue:
         queue.add("BenchNoop", data={"warmup": True})  # open the channel and warm up off the clock
+
+        def adds(first: int) -> None:
+            for i in range(first, n, threads):
+                queue.add("BenchNoop", data={"i": i})
+
+        pool = [threading.Thread(target=adds, args=(k,)) for k in range(threads)]
         started = time.perf_counter()
-        for i in range(n):
-            queue.add("BenchNoop", data={"i": i})
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
         seconds = time.perf_counter() - started
     results.put(seconds)
 
 
-def load_local(store: str, n: int) -> dict[str, Any]:
-    """``n`` in-process adds, one task per call, from a fresh process (forked: the handle is
-    opened there, as an application would); tasks/s."""
+def load_local(store: str, n: int, threads: int = 1) -> dict[str, Any]:
+    """``n`` in-process adds, one task per call, from ``threads`` threads of a fresh process
+    (forked: the handle is opened there, as an application would); tasks/s."""
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    proc = ctx.Process(target=_local_client, args=(store, n, results))
+    proc = ctx.Process(target=_local_client, args=(store, n, threads, results))
     proc.start()
     seconds = results.get(timeout=300)
     proc.join()
@@ -168,7 +182,8 @@ def run(quick: bool, runs: int) -> dict[str, Any]:
                 url = "sqlite:///" + str(tmp / "party.db") + option
                 if not option:
                     url = harness.store_url(tmp / "party.db")  # PARTY_BENCH_SYNCHRONOUS applies
-                local = load_local(url, small if quick else full)
+                threads = 8 if " x8 " in label else 1
+                local = load_local(url, small if quick else full, threads)
             local_rates.setdefault(label, []).append(local["rate"])
             harness.progress(f"enqueue run {run_index + 1}/{runs} {label}: {local['rate']:,.0f}/s")
     figures = []
