@@ -12,7 +12,8 @@ import pytest
 from conftest import wait_for
 
 from party.model import Status
-from party.pool import ClaimPolicy, WorkerPool
+from party.pool import ClaimPolicy, Finished, WorkerPool
+from party.pool.messages import Claimed
 from party.queue import TaskQueue
 from party.scheduler import Scheduler
 from party.scheduler.heartbeat import BEAT_EVERY, Heartbeat, outcome_of
@@ -50,6 +51,33 @@ def test_the_store_keeps_one_record_per_scheduler_and_finds_the_live_ones(store,
 )
 def test_each_finished_run_counts_once_by_outcome(status, error, counted):
     assert outcome_of(status, error) == counted
+
+
+def test_a_batch_of_finished_runs_counts_as_each_run_counted_in_turn():
+    runs = [
+        Finished(Claimed(1, "a", "Noop", 1, "l"), Status.COMPLETED, 0.002, late=0.0004),
+        Finished(Claimed(2, "b", "Boom", 1, "l"), Status.QUEUED, 0.1, "RuntimeError", late=-1e-6),
+        Finished(Claimed(3, "c", "Noop", 1, "l"), Status.QUEUED, 7.5, late=2.0),
+        Finished(Claimed(4, "d", "Boom", 2, "l"), Status.FAILED, 0.3, "RuntimeError", late=0.01),
+        Finished(Claimed(5, "e", "Noop", 1, "l"), Status.QUEUED, released=True),  # a hand-back
+        Finished(Claimed(6, "f", "Noop", 1, "l"), None, 0.5, late=0.1),  # outcome discarded
+        Finished(Claimed(7, "g", "Sleepy", 1, "l"), Status.QUEUED, 3.0, "WorkerDied"),  # no late
+        Finished(Claimed(8, "h", "Noop", 1, "l"), Status.COMPLETED, -0.0, late=1e9),
+    ]
+    one_by_one, batched = (
+        Heartbeat(None, workers=1, handlers=[], started=system_now())  # type: ignore[arg-type]
+        for _ in range(2)
+    )
+    for run in runs:
+        if not run.released:
+            one_by_one.count(run.task.party, outcome_of(run.status, run.error), run.duration,
+                             run.late)  # fmt: skip
+    batched.count_finished(runs[:3])
+    batched.count_finished(runs[3:])
+    assert batched.counters == one_by_one.counters
+    assert batched.histograms == one_by_one.histograms
+    assert repr(batched.counters) == repr(one_by_one.counters)  # the same order, too
+    assert repr(batched.histograms) == repr(one_by_one.histograms)
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ import secrets
 import socket
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from ..metrics import HISTOGRAMS, observe
+from ..metrics import HISTOGRAMS, observe, observe_all
 from ..model import Status, Task
 from ..stores.base import Store
 from ..timestamps import format_timestamp
@@ -31,12 +31,39 @@ from ..views import BEAT_EVERY, DEAD_AFTER
 _RUN_BUCKETS = HISTOGRAMS["run_seconds"][1]
 _LATENESS_BUCKETS = HISTOGRAMS["lateness"][1]
 
-__all__ = ["BEAT_EVERY", "DEAD_AFTER", "FORGET_AFTER", "Heartbeat", "outcome_of"]
+__all__ = ["BEAT_EVERY", "DEAD_AFTER", "FORGET_AFTER", "Heartbeat", "Run", "outcome_of"]
 #: Records of schedulers silent for this long are removed (their counters are past history the
 #: metrics keep only while the record lives; a week covers any scrape gap).
 FORGET_AFTER = timedelta(days=7)
 
 Outcome = str  # "completed", "retried" or "failed"
+
+
+class _Parted(Protocol):
+    @property
+    def party(self) -> str: ...
+
+
+class Run(Protocol):
+    """A finished run as ``Heartbeat.count_finished`` reads it (a pool's ``Finished``)."""
+
+    @property
+    def task(self) -> _Parted: ...
+
+    @property
+    def status(self) -> Status | None: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def duration(self) -> float: ...
+
+    @property
+    def late(self) -> float | None: ...
+
+    @property
+    def released(self) -> bool: ...
 
 
 def outcome_of(status: Status | None, error: str | None) -> Outcome | None:
@@ -101,6 +128,45 @@ class Heartbeat:
             observe(self._runs.setdefault(party, {}), max(duration, 0.0), _RUN_BUCKETS)
         if late is not None:
             observe(self._lateness.setdefault(party, {}), max(late, 0.0), _LATENESS_BUCKETS)
+
+    def count_finished(self, runs: Iterable[Run]) -> None:
+        """Count a pool's finished runs as ``count`` does each (a hand-back counts nothing),
+        party by party: this runs in the scheduler for every run, on the CPUs its workers use."""
+        by_party: dict[str, list[Run]] = {}
+        for run in runs:
+            if not run.released and run.status is not None:
+                party = run.task.party
+                batch = by_party.get(party)
+                if batch is None:
+                    by_party[party] = [run]
+                else:
+                    batch.append(run)
+        for party, batch in by_party.items():
+            self._count_batch(party, batch)
+
+    def _count_batch(self, party: str, runs: list[Run]) -> None:
+        outcomes: dict[str, int] = {}  # in the order first seen, as ``count`` adds them
+        durations: list[float] = []
+        lateness: list[float] = []
+        for run in runs:
+            # outcome_of, written out (status is not None here)
+            if run.error is None:
+                outcome = "completed"
+            else:
+                outcome = "retried" if run.status == Status.QUEUED else "failed"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            # max(value, 0.0), written out
+            duration = run.duration
+            durations.append(0.0 if 0.0 > duration else duration)
+            late = run.late
+            if late is not None:
+                lateness.append(0.0 if 0.0 > late else late)
+        per = self.counters.setdefault(party, {})
+        for outcome, n in outcomes.items():
+            per[outcome] = per.get(outcome, 0) + n
+        observe_all(self._runs.setdefault(party, {}), durations, _RUN_BUCKETS)
+        if lateness:
+            observe_all(self._lateness.setdefault(party, {}), lateness, _LATENESS_BUCKETS)
 
     def count_recovered(self, tasks: Iterable[Task]) -> None:
         """Count runs lost to a crash, as their recovery left them (queued again or failed)."""

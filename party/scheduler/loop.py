@@ -28,7 +28,7 @@ from ..model import Status, Task
 from ..pool import Finished, WorkerPool, owner
 from ..queue import TaskQueue
 from ..timestamps import format_timestamp, system_now
-from .heartbeat import Heartbeat, outcome_of
+from .heartbeat import Heartbeat
 from .retention import Retention
 from .schedules import Schedules
 
@@ -100,11 +100,8 @@ class Scheduler:
         """
         now = now or self.clock()
         tick = Tick(finished=self.pool.poll())
-        if self.heartbeat is not None:
-            for item in tick.finished:
-                if not item.released:
-                    self.heartbeat.count(item.task.party, outcome_of(item.status, item.error),
-                                         item.duration, item.late)  # fmt: skip
+        if self.heartbeat is not None and tick.finished:
+            self.heartbeat.count_finished(tick.finished)
         self.queue.store.maintain()
         if self._next_recover is None or now >= self._next_recover:
             while True:  # a crashed scheduler may have left more than one batch
