@@ -17,13 +17,13 @@ from ..queue import TaskQueue, error_info
 from ..registry import Registry
 from ..stores import open_store
 from ..timestamps import system_now
-from .messages import RELEASED, Claimed, Report
+from .messages import RELEASED, Claimed, Wire
 
 logger = logging.getLogger("party.pool.supervisor")
 _runs = logging.getLogger("party.pool.worker")
 
 
-@dataclass
+@dataclass(slots=True)
 class Finished:
     """What became of a task handed to or claimed by the pool.
 
@@ -42,12 +42,15 @@ class Finished:
     late: float | None = None  # seconds from due to started, for a run that started
 
 
-def finished_from(task: Task | Claimed, report: Report) -> Finished:
-    """The ``Finished`` of a worker's report on ``task``."""
-    if report.status == RELEASED:
-        return Finished(task, Status.QUEUED, released=True, seq=report.seq)
-    status = None if report.status is None else _STATUSES[report.status]
-    return Finished(task, status, report.duration, report.error, seq=report.seq, late=report.late)
+def finished_from(task: Task | Claimed, report: Wire) -> Finished:
+    """The ``Finished`` of a worker's report on ``task``, in its wire form (``messages.report``:
+    read as it came, the scheduler builds no ``Report`` for each run)."""
+    _, seq, status, duration, error, late = report
+    if status == RELEASED:
+        return Finished(task, Status.QUEUED, released=True, seq=seq)
+    if status is not None:
+        status = _STATUSES[status]
+    return Finished(task, status, duration, error, False, seq, late)
 
 
 _STATUSES = {status.value: status for status in Status}  # Status(value) costs ten times more
