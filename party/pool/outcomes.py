@@ -56,6 +56,12 @@ def finished_from(task: Task | Claimed, report: Wire) -> Finished:
 _STATUSES = {status.value: status for status in Status}  # Status(value) costs ten times more
 
 
+def ends_logged() -> bool:
+    """Whether ``log_end`` writes a line for a run that went well (its logger takes INFO): a
+    worker asks once per batch of outcomes and calls ``log_end`` only for the runs it logs."""
+    return _runs.isEnabledFor(logging.INFO)
+
+
 def log_end(outcome: Outcome, status: Status | str | None, duration: float) -> None:
     """The one line that ends a run (id, handler, attempt, duration, outcome)."""
     if outcome.ok and status is not None and not _runs.isEnabledFor(logging.INFO):

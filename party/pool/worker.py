@@ -46,7 +46,7 @@ from . import messages, owner
 from .claiming import CLAIM_AHEAD, WAKE_AHEAD, ClaimPolicy, Prefetch
 from .leases import Leases
 from .messages import RELEASED, Push, Wire
-from .outcomes import log_end
+from .outcomes import ends_logged, log_end
 from .slot import Slot
 
 logger = logging.getLogger(__name__)
@@ -318,8 +318,10 @@ class Worker:
             done, self.done = self.done, []
             statuses = self._record([outcome for _, outcome, _ in done])
             self.leases.drop(seq for seq, _, _ in done)
+            every = ends_logged()
             for (seq, outcome, duration), status in zip(done, statuses, strict=True):
-                log_end(outcome, status, duration)
+                if every or not outcome.ok or status is None:
+                    log_end(outcome, status, duration)
                 error = None if outcome.ok or outcome.error is None else outcome.error["type"]
                 task = outcome.task
                 due = task.run_at if task.run_at > task.timestamp else task.timestamp
