@@ -337,9 +337,9 @@ class SqliteStore(SqliteFile):
                 with self._transaction():
                     for statement in statements:
                         _apply(db, statement, writes, matched)
+        queued = Status.QUEUED  # read once: an enum member read costs about 90 ns on 3.11
         if any(
-            ok and w.fields.get("status") == Status.QUEUED
-            for w, ok in zip(writes, matched, strict=True)
+            ok and w.fields.get("status") == queued for w, ok in zip(writes, matched, strict=True)
         ):
             self.notify()
         return matched
