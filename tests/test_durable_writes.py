@@ -127,9 +127,10 @@ def test_concurrent_durable_adds_share_a_sync(tmp_path, registry, log_syncs):
     queue = TaskQueue(store, registry)
     queue.add([{"party": "Noop"}])
     log_syncs.clear()
-    # A slow disk: while one sync runs, the other threads commit and queue behind it; the next
-    # sync covers all of them. Syncing inside the connection's lock would take one per add.
-    log_syncs.during = lambda: time.sleep(0.05)
+    # A slow disk (0.2 s a sync): while one sync runs, the other threads commit and queue behind
+    # it; the next sync covers all of them. Syncing inside the connection's lock would take one
+    # per add.
+    log_syncs.during = lambda: time.sleep(0.2)
     start = threading.Barrier(8)
 
     def add() -> None:
