@@ -149,18 +149,11 @@ class Heartbeat:
         durations: list[float] = []
         lateness: list[float] = []
         for run in runs:
-            # outcome_of, written out (status is not None here)
-            if run.error is None:
-                outcome = "completed"
-            else:
-                outcome = "retried" if run.status == Status.QUEUED else "failed"
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            # max(value, 0.0), written out
-            duration = run.duration
-            durations.append(0.0 if 0.0 > duration else duration)
-            late = run.late
-            if late is not None:
-                lateness.append(0.0 if 0.0 > late else late)
+            outcome = outcome_of(run.status, run.error)  # never None: count_finished kept those
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1  # type: ignore[index]
+            durations.append(max(run.duration, 0.0))
+            if run.late is not None:
+                lateness.append(max(run.late, 0.0))
         per = self.counters.setdefault(party, {})
         for outcome, n in outcomes.items():
             per[outcome] = per.get(outcome, 0) + n
