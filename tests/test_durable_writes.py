@@ -164,6 +164,21 @@ def test_every_write_of_a_durable_store_is_synced_not_only_adds(tmp_path, regist
         store.close()
 
 
+def test_a_durable_write_that_changes_nothing_does_not_sync(tmp_path, registry, log_syncs):
+    # A claim that finds nothing due (a write transaction that changes no row).
+    store = SqliteStore(tmp_path / "p.db")
+    queue = TaskQueue(store, registry)
+    try:
+        queue.add([{"party": "Noop"}])
+        before = len(log_syncs)
+        assert queue.claim(5, now=system_now() - timedelta(days=1)) == []
+        assert len(log_syncs) == before
+        assert len(queue.claim(5, now=system_now() + timedelta(seconds=1))) == 1
+        assert len(log_syncs) == before + 1
+    finally:
+        store.close()
+
+
 def test_relaxed_and_normal_connections_never_sync(tmp_path, registry, log_syncs):
     adds = open_store(f"sqlite:///{tmp_path}/p.db")
     TaskQueue(adds, registry).add([{"party": "Noop"}, {"party": "Noop"}])

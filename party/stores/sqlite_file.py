@@ -238,6 +238,8 @@ class SqliteFile(Store):
                         f"{wait:g} s (another process holds it: a stopped or stalled scheduler, "
                         "worker or server?)"
                     )
+            # A write that changed no row (an empty claim or recovery pass) has nothing to sync.
+            changes = self._db.total_changes if locked else 0
             try:
                 yield self._db
             except sqlite3.IntegrityError:
@@ -248,7 +250,7 @@ class SqliteFile(Store):
                 if locked:
                     fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
             if locked:
-                if self._log is not None:
+                if self._log is not None and self._db.total_changes != changes:
                     self._log.committed()
                 self._writes += 1
                 if self._writes >= CHECKPOINT_EVERY_WRITES:
@@ -280,8 +282,8 @@ class SqliteFile(Store):
 
     @property
     def inline_writes(self) -> bool:  # type: ignore[override]
-        # A durable commit waits for the disk: never on a server's event loop.
-        return self.synchronous != "full"
+        # A durable write waits for the disk: never on a server's event loop.
+        return not self.durable
 
     def relax_commits(self) -> None:
         # The next durable write (an add's) syncs the whole log, this connection's frames with
