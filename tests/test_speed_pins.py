@@ -124,6 +124,30 @@ def test_partial_indexes_cost_a_status_update_no_temporary_btree(sqlite_path):
     assert with_indexes == temporary_btrees()
 
 
+def test_a_claim_writes_no_count_and_an_end_writes_one(sqlite_path):
+    # The counts behind stats (the totals and ended tables) are kept by triggers; a task that
+    # moves between the live statuses (claim, retry, hand-back) writes none: the drain's claim
+    # then changes only its own rows, and its completion one count row besides.
+    from datetime import timedelta
+
+    from party.model import Write
+
+    store = SqliteStore(sqlite_path)
+    now = datetime(2030, 1, 1)
+    store.insert_many(_fresh_tasks(4, 0))
+    db = store._db
+    before = db.total_changes  # counts the rows that trigger programs change too
+    claimed = store.claim(4, now, now + timedelta(minutes=1), "tok")
+    assert len(claimed) == 4 and db.total_changes - before == 4
+    before = db.total_changes
+    store.write_many([Write(claimed[0].id, {"status": Status.QUEUED}, lease="tok")])
+    assert db.total_changes - before == 1
+    before = db.total_changes
+    store.write_many([Write(t.id, {"status": Status.COMPLETED}, lease="tok") for t in claimed[1:]])
+    assert db.total_changes - before == 3 + 3
+    store.close()
+
+
 # -- SQLite: commits never checkpoint inside the writers' lock -------------------------------------
 
 

@@ -1,7 +1,7 @@
 """SQLite specifics: WAL, the indexes behind the due-task claim, and the on-disk shape."""
 
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -135,17 +135,54 @@ def test_a_version_6_file_trades_its_run_at_index_for_the_delayed_one(sqlite_pat
     assert store.next_run_at() == task.timestamp == now
 
 
-def test_a_file_made_before_the_counts_table_gets_it_filled_on_open(sqlite_path, registry):
+def test_a_file_made_before_the_counts_gets_them_filled_on_open(sqlite_path, registry):
     from party.queue import TaskQueue
 
     store = SqliteStore(sqlite_path)
     TaskQueue(store, registry).add([{"party": "Noop"}] * 3)
-    for trigger in ("counts_insert", "counts_delete", "counts_update"):
+    for trigger in ("tally_insert", "tally_delete", "tally_update"):
         store._db.execute(f"DROP TRIGGER {trigger}")
-    store._db.execute("DROP TABLE counts")
+    store._db.execute("DROP TABLE totals")
+    store._db.execute("DROP TABLE ended")
     store._db.execute("PRAGMA user_version = 2")
     store.close()
     assert SqliteStore(sqlite_path).stats(datetime(2030, 1, 1))["statuses"]["queued"] == 3
+
+
+_VERSION_7_COUNTS = """
+CREATE TABLE counts (party TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (party, status)) WITHOUT ROWID;
+CREATE TRIGGER counts_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO counts (party, status, n) VALUES (NEW.party, NEW.status, 1)
+        ON CONFLICT (party, status) DO UPDATE SET n = n + 1;
+END;
+"""
+
+
+def test_a_version_7_file_trades_its_counts_of_every_status_for_totals_and_ended(
+    sqlite_path, registry
+):
+    from party.queue import TaskQueue
+
+    store = SqliteStore(sqlite_path)
+    queue = TaskQueue(store, registry)
+    now = datetime(2030, 1, 1)
+    queue.add([{"party": "Noop", "data": {"i": i}, "timestamp": now} for i in range(4)])
+    (done,) = store.claim(1, now, now + timedelta(minutes=1), "tok")
+    store.write_many([Write(done.id, {"status": Status.COMPLETED}, lease="tok")])
+    store.claim(1, now, now + timedelta(minutes=1), "tok")
+    for trigger in ("tally_insert", "tally_delete", "tally_update"):
+        store._db.execute(f"DROP TRIGGER {trigger}")
+    store._db.execute("DROP TABLE totals")
+    store._db.execute("DROP TABLE ended")
+    store._db.executescript(_VERSION_7_COUNTS)
+    store._db.execute("PRAGMA user_version = 7")
+    store.close()
+    store = SqliteStore(sqlite_path)
+    tables = {row[0] for row in store._db.execute("SELECT name FROM sqlite_master")}
+    assert "counts" not in tables and "counts_insert" not in tables
+    assert {"totals", "ended", "tally_insert", "tally_update", "tally_delete"} <= tables
+    assert store.stats(now)["parties"] == {"Noop": {"queued": 2, "running": 1, "completed": 1}}
 
 
 def test_a_version_5_file_gets_the_retention_index_that_names_the_live_statuses(

@@ -39,6 +39,8 @@ from .sqlite_statements import (
     _OLDEST_DUE,
     _PRUNE,
     _PRUNE_KEYS,
+    _RUNNING_BY_PARTY,
+    _TALLIES,
     _WAITING_CAPPED,
     INSERT,
     INSERT_FRESH,
@@ -55,6 +57,7 @@ from .sqlite_statements import (
     _task_to_row,
     _update_sql,
     _write_statements,
+    tally,
 )
 
 # Imported from here by ``stores.open_store``, tests and benchmarks: where they were defined
@@ -251,7 +254,7 @@ class SqliteStore(SqliteFile):
         limits: Mapping[str, int],
     ) -> list[Task]:
         """``claim`` with caps: in one write transaction (so no other claim runs in between),
-        read the running count of each capped party (the ``counts`` table, kept by triggers),
+        count the running tasks of each capped party (in the order index: they are few),
         then walk the due tasks in queue order, leaving out the parties at their cap (in the
         query itself, so that a long run of their tasks at the head costs no round trips),
         and take what fits."""
@@ -262,7 +265,8 @@ class SqliteStore(SqliteFile):
         with self._guard(write=True) as db, self._transaction():
             running = dict(
                 db.execute(
-                    f"SELECT party, n FROM counts WHERE status = 'running' AND party IN ({marks})",
+                    "SELECT party, COUNT(*) FROM tasks WHERE status = 'running' "
+                    f"AND party IN ({marks}) GROUP BY party",
                     parties,
                 ).fetchall()
             )
@@ -359,13 +363,14 @@ class SqliteStore(SqliteFile):
         return from_micros(min(found)) if found else None
 
     def stats(self, now: datetime) -> dict[str, Any]:
-        """Counts from the ``counts`` table; ``due`` by counting, in the order index, whichever
-        side of ``now`` is smaller (the due tasks, or the queued ones not yet due): both are
-        counted up to a cap that grows fourfold until one side ends under it, so the cost is
-        a few times the smaller side, not the table."""
+        """Counts from the ``totals`` and ``ended`` tables and the running tasks (``tally``);
+        ``due`` by counting, in the order index, whichever side of ``now`` is smaller (the due
+        tasks, or the queued ones not yet due): both are counted up to a cap that grows fourfold
+        until one side ends under it, so the cost is a few times the smaller side, not the
+        table."""
         now_us = to_micros(now)
         with self._guard() as db:
-            groups = db.execute("SELECT party, status, n FROM counts WHERE n > 0").fetchall()
+            groups = tally(db.execute(_TALLIES), db.execute(_RUNNING_BY_PARTY))
             queued = sum(n for _, status, n in groups if status == "queued")
             cap = STATS_COUNT_CAP
             while True:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -40,6 +40,35 @@ NEXT_UNDELAYED = (
     "SELECT timestamp FROM tasks INDEXED BY tasks_order WHERE status = 'queued' "
     "AND run_at <= timestamp ORDER BY status, timestamp LIMIT 1"
 )
+
+# The running tasks of each party, counted in the order index (they are few: what the workers hold);
+# the ``totals`` and ``ended`` tables count the rest (see the schema).
+_RUNNING_BY_PARTY = "SELECT party, COUNT(*) FROM tasks WHERE status = 'running' GROUP BY party"
+_TALLIES = (
+    "SELECT party, 'total', n FROM totals WHERE n > 0 "
+    "UNION ALL SELECT party, status, n FROM ended WHERE n > 0"
+)
+
+
+def tally(
+    tallies: Iterable[tuple[str, str, int]], running: Iterable[tuple[str, int]]
+) -> list[tuple[str, str, int]]:
+    """The (party, status, count) rows of ``stats`` from the rows of ``_TALLIES`` and
+    ``_RUNNING_BY_PARTY``: a party's queued tasks are its total less its running and ended ones."""
+    groups: list[tuple[str, str, int]] = []
+    queued: dict[str, int] = {}
+    for party, status, n in tallies:
+        if status == "total":
+            queued[party] = queued.get(party, 0) + n
+        else:
+            queued[party] = queued.get(party, 0) - n
+            groups.append((party, status, n))
+    for party, n in running:
+        queued[party] = queued.get(party, 0) - n
+        groups.append((party, "running", n))
+    groups += [(party, "queued", n) for party, n in queued.items() if n > 0]
+    return groups
+
 
 #: Index entries ``stats`` first counts on each side of ``now`` (see ``SqliteStore.stats``).
 STATS_COUNT_CAP = 20_000
