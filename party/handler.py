@@ -122,7 +122,10 @@ class TaskBase:
         For a declared schedule the default queues the next slot: the next cron time strictly
         after the slot just run, or ``timestamp + k*every``; missed slots are skipped.
         """
-        declared = type(self).declaration()
+        cls = type(self)
+        if cls.schedule is None and cls.every is None:
+            return  # nothing declared (most handlers): no declaration to build at every run
+        declared = cls.declaration()
         if declared is not None:
             self._next_run = declared.after(self.timestamp, system_now())
 

@@ -42,12 +42,13 @@ def run_task(task: Task, registry: Registry) -> Outcome:
     try:
         handler = handler_cls(task)
         result = handler.run()
-        if _awaitable(result):
-            result = worker_loop().run_until_complete(_await(result))
-        result = _jsonable(result, task)
-        problem = _unstorable(result, task)
-        if problem is not None:
-            return _unstorable_outcome(task, started, problem)
+        if result is not None:  # None, the most common result, needs none of these checks
+            if _awaitable(result):
+                result = worker_loop().run_until_complete(_await(result))
+            result = _jsonable(result, task)
+            problem = _unstorable(result, task)
+            if problem is not None:
+                return _unstorable_outcome(task, started, problem)
         follow_ups = FollowUps()
         done = handler.on_complete(follow_ups)
         if done is not None and _awaitable(done):

@@ -137,10 +137,11 @@ class Leases:
 
     def end(self, seq: int) -> None:
         """The handler of run ``seq`` returned; its lease is kept until ``drop``."""
-        with self._lock:
-            held = self._held.get(seq)
-            if held is not None:
-                held.state = _ENDED
+        # No lock: one store to a field is atomic under the GIL, and the keeper acts on RUNNING
+        # only (a check-and-set, like ``begin``'s, takes the lock).
+        held = self._held.get(seq)
+        if held is not None:
+            held.state = _ENDED
 
     def abandon(self, seq: int) -> None:
         """Stop watching run ``seq``, still in its handler: its worker recorded its timeout and

@@ -59,8 +59,7 @@ class Slot:
     def set_run(self, index: int, started: float, seq: int) -> None:
         """(worker) The run ``seq`` entered its handler at ``started``, in entry ``index``;
         ``-seq`` once it left."""
-        offset = _STOP.size + _RUN.size * index
-        self._memory[offset : offset + _RUN.size] = _RUN.pack(started, seq)
+        _RUN.pack_into(self._memory, _STOP.size + _RUN.size * index, started, seq)
 
     def set_stop(self) -> None:
         """(parent) Ask the worker to hand back the runs it has not started."""
