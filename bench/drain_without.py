@@ -2,7 +2,7 @@
 object costs the drain.
 
 Fills a fresh SQLite store (on disk, under the temporary directory) with N no-op tasks using the
-code of CHECKOUT (default: this one), drops the named triggers or indexes (``counts_update``,
+code of CHECKOUT (default: this one), drops the named triggers or indexes (``tally_update``,
 ``tasks_ended``, ...; ``triggers`` drops every trigger on ``tasks``), then times
 ``python scheduler/ --workers 2`` of that checkout draining it: tasks/s including the start, after
 the first task, and the CPU per task of the scheduler and its workers. Run it for two checkouts,

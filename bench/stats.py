@@ -93,7 +93,7 @@ def main() -> int:
         )
         print(f"the GROUP BY it replaced: median {statistics.median(full):.0f} ms")
         adds_and_drain(store, "with count triggers")
-        for trigger in ("counts_insert", "counts_delete", "counts_update"):
+        for trigger in ("tally_insert", "tally_delete", "tally_update"):
             store._db.execute(f"DROP TRIGGER {trigger}")
         adds_and_drain(store, "without triggers  ")
         store.close()

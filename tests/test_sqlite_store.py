@@ -103,11 +103,15 @@ def test_stats_counts_kept_by_triggers_match_a_full_count(sqlite_path, registry)
     store.write_many([Write(a.id, {"status": Status.COMPLETED}, lease="tok")])
     store.update(Write(b.id, {"status": Status.QUEUED, "run_at": now + timedelta(hours=1)}))
     queue.delete(c.id)
+    d, e = store.claim(2, now, now + timedelta(minutes=1), "tok")
+    store.write_many([Write(d.id, {"status": Status.COMPLETED}, lease="tok")])
+    store.update(Write(d.id, {"party": "Every5"}))  # an ended task changes party
+    store.update(Write(e.id, {"party": "Every5", "status": Status.FAILED}))  # and its status
     store._db.execute("DELETE FROM tasks WHERE id = ?", (a.id,))
     stats = store.stats(now)
     groups, due = _full_count(store, to_micros(now))
     assert sorted((p, s, n) for p, by in stats["parties"].items() for s, n in by.items()) == groups
-    assert stats["due"] == due == 3 and stats["oldest_due"] == now
+    assert stats["due"] == due == 1 and stats["oldest_due"] == now
 
 
 def test_a_version_6_file_trades_its_run_at_index_for_the_delayed_one(sqlite_path, registry):

@@ -9,7 +9,7 @@ dashboard is open, and the ``Host``/``Origin`` rules of every request still hold
 (a POST) carries a CSRF token derived from the session and is refused without it.
 
 Every page is indexed queries (``views``): pages of 50 in queue order by status (the
-``tasks_order`` index), the counts table, the heartbeats; the text search reads at most
+``tasks_order`` index), the count tables, the heartbeats; the text search reads at most
 ``views.SEARCH_SCAN`` tasks of the listed status and says so. Runs per minute come from the
 schedulers' run counters, sampled by this server at each overview (so they cover the time since
 it started, up to an hour). Reads only ``queue``, ``views`` and ``wire``.

@@ -115,17 +115,21 @@ CREATE TRIGGER IF NOT EXISTS tally_delete AFTER DELETE ON tasks BEGIN
     UPDATE totals SET n = n - 1 WHERE party = OLD.party;
     UPDATE ended SET n = n - 1 WHERE party = OLD.party AND status = OLD.status;
 END;
+-- Fired by every claim and end: the WHEN fails fast for a move between the live statuses, and the
+-- body is two statements (a party change moves its totals in tally_party, which the hot writes,
+-- setting no party, never fire). Firing when nothing changed is harmless: -1 and +1 on one row.
 CREATE TRIGGER IF NOT EXISTS tally_update AFTER UPDATE OF party, status ON tasks
-WHEN (OLD.status IS NOT NEW.status OR OLD.party IS NOT NEW.party) AND NOT (
-    OLD.party IS NEW.party AND OLD.status IN ('queued', 'running')
-    AND NEW.status IN ('queued', 'running')
-) BEGIN
+WHEN NEW.status NOT IN ('queued', 'running') OR OLD.status NOT IN ('queued', 'running')
+    OR OLD.party IS NOT NEW.party BEGIN
     UPDATE ended SET n = n - 1 WHERE party = OLD.party AND status = OLD.status;
     INSERT INTO ended (party, status, n) SELECT NEW.party, NEW.status, 1
         WHERE NEW.status NOT IN ('queued', 'running')
         ON CONFLICT (party, status) DO UPDATE SET n = n + 1;
-    UPDATE totals SET n = n - 1 WHERE party = OLD.party AND OLD.party IS NOT NEW.party;
-    INSERT INTO totals (party, n) SELECT NEW.party, 1 WHERE OLD.party IS NOT NEW.party
+END;
+CREATE TRIGGER IF NOT EXISTS tally_party AFTER UPDATE OF party ON tasks
+WHEN OLD.party IS NOT NEW.party BEGIN
+    UPDATE totals SET n = n - 1 WHERE party = OLD.party;
+    INSERT INTO totals (party, n) VALUES (NEW.party, 1)
         ON CONFLICT (party) DO UPDATE SET n = n + 1;
 END;
 """
