@@ -59,7 +59,10 @@ class Slot:
     def set_run(self, index: int, started: float, seq: int) -> None:
         """(worker) The run ``seq`` entered its handler at ``started``, in entry ``index``;
         ``-seq`` once it left."""
-        _RUN.pack_into(self._memory, _STOP.size + _RUN.size * index, started, seq)
+        offset = _STOP.size + _RUN.size * index
+        # Packed apart, then copied in: struct's pack_into zero-fills its target before writing
+        # the fields, and a reader would see that zero.
+        self._memory[offset : offset + _RUN.size] = _RUN.pack(started, seq)
 
     def set_stop(self) -> None:
         """(parent) Ask the worker to hand back the runs it has not started."""
