@@ -276,3 +276,20 @@ def test_dumps_tasks_writes_the_bytes_of_the_encoded_tasks(size):
     body = wire.dumps_tasks(tasks, WHY)
     assert body == wire.dumps([wire.encode_task(t, WHY) for t in tasks])
     assert json.loads(body)[0]["data"]["s"] == 'é"\\\n'
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"i":1}', "{}", '[1,"a",null]', '"s"', "3.5", " {}", "{} ", '{"a":1}x', "{", "", "NaN",
+     '{"a":{"b":[true,false]}}', '{"k":"\\u00e9\\n"}'],
+)  # fmt: skip
+def test_the_column_decoder_answers_as_json_loads(text):
+    from party.stores.sqlite_statements import _loads
+
+    try:
+        expected = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            _loads(text)
+    else:
+        assert repr(_loads(text)) == repr(expected)
