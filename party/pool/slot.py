@@ -23,11 +23,15 @@ class Slot:
     """Anonymous shared memory for one worker and ``size`` runs at once; create it before the
     fork."""
 
-    __slots__ = ("_memory", "_runs", "size")
+    __slots__ = ("_memory", "_runs", "_spans", "size")
 
     def __init__(self, size: int = 1) -> None:
         self.size = size
         self._runs = struct.Struct("@" + "dq" * size)
+        # The slice of each run entry, computed once: set_run runs twice per run.
+        self._spans = [
+            slice(_STOP.size + _RUN.size * i, _STOP.size + _RUN.size * (i + 1)) for i in range(size)
+        ]
         self._memory = mmap.mmap(-1, _STOP.size + self._runs.size)
 
     def entries(self) -> list[tuple[float, int]]:
@@ -59,19 +63,16 @@ class Slot:
     def set_run(self, index: int, started: float, seq: int) -> None:
         """(worker) The run ``seq`` entered its handler at ``started``, in entry ``index``;
         ``-seq`` once it left."""
-        offset = _STOP.size + _RUN.size * index
-        # Packed apart, then copied in: struct's pack_into zero-fills its target before writing
-        # the fields, and a reader would see that zero.
-        self._memory[offset : offset + _RUN.size] = _RUN.pack(started, seq)
+        self._memory[self._spans[index]] = _RUN.pack(started, seq)  # not pack_into: see above
 
     def set_stop(self) -> None:
         """(parent) Ask the worker to hand back the runs it has not started."""
-        self._memory[: _STOP.size] = _STOP.pack(1)
+        self._memory[: _STOP.size] = b"\x01" * _STOP.size  # every byte: ``stopping`` reads one
 
     @property
     def stopping(self) -> bool:
-        """True once the parent asked the worker to stop (one aligned 8-byte read)."""
-        return _STOP.unpack_from(self._memory, 0)[0] != 0
+        """True once the parent asked the worker to stop (a read of one byte of the flag)."""
+        return self._memory[0] != 0
 
     def close(self) -> None:
         """Release the memory (the parent, once the worker is gone)."""
