@@ -105,6 +105,8 @@ class Worker:
         self._backoff = 0.0
         self._retry_at = 0.0  # a worker that must not sleep retries a claim only after this
         self.last_got = 0  # tasks the last claim returned
+        # Whether runs log their start: asked once per claim or push, not before every run.
+        self._log_starts = logger.isEnabledFor(logging.INFO)
 
     def serve(self) -> int:
         """Run tasks until the parent closes the pipe or exits; return the exit code."""
@@ -203,6 +205,7 @@ class Worker:
             logger.info("%s: store answers again", self.name)
             self._backoff = 0.0
         first = self._seq + 1
+        self._log_starts = logger.isEnabledFor(logging.INFO)
         for task in tasks:
             self._seq += 1
             due = task.run_at if task.run_at > task.timestamp else task.timestamp
@@ -261,6 +264,7 @@ class Worker:
             return False
         self.leases.hold(((push.seq, push.task) for push in batch), time.monotonic())
         self.pending.extend(batch)
+        self._log_starts = logger.isEnabledFor(logging.INFO)
         return True
 
     # -- running -------------------------------------------------------------------------------
@@ -283,7 +287,7 @@ class Worker:
             return False
         started = time.monotonic()
         self.slot.set_run(0, started, seq)
-        if logger.isEnabledFor(logging.INFO):
+        if self._log_starts:
             logger.info("task %s (%s) attempt %d started", task.id, task.party, task.attempts)
         outcome = run_task(task, self.registry)
         duration = time.monotonic() - started
