@@ -3,11 +3,11 @@
 ``SqliteFile`` opens (and creates, owner and group only) the file, switches it to WAL and migrates
 its schema once under the writers' lock, serializes the connection's use and queues writers on an
 ``flock`` of a lock file beside it, runs the checkpoints outside that lock, makes a durable
-store's writes durable (``sqlite_log``), checks that the store takes a write, describes the file,
-and carries its wake-up channel: the half of ``Store`` that is about the file, not the tasks
-(``SqliteStore`` in ``sqlite`` adds those). Imports only the standard library, ``errors``,
-``stores.base``, ``stores.wakeup``, ``sqlite_log`` and ``sqlite_schema``: never ``handler``,
-``registry`` or ``queue``.
+store's writes durable (``sqlite_log``), checks that the store takes a write and describes the
+file (in the words of ``sqlite_health``), and carries its wake-up channel: the half of ``Store``
+that is about the file, not the tasks (``SqliteStore`` in ``sqlite`` adds those). Imports only the
+standard library, ``errors``, ``stores.base``, ``stores.wakeup``, ``sqlite_log``,
+``sqlite_health`` and ``sqlite_schema``: never ``handler``, ``registry`` or ``queue``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 
 from ..errors import ConfigError, StoreBusy, StoreUnavailable
 from .base import Finding, Store
+from .sqlite_health import check_file, findings, unwritable_reason
 from .sqlite_log import LogSync
 from .sqlite_schema import (
     FILE_MODE,
-    SCHEMA_VERSION,
     SYNCHRONOUS,
     _create_private,
     is_prepared,
@@ -46,23 +46,6 @@ CHECKPOINT_EVERY_WRITES = 1000
 CHECKPOINT_INTERVAL = 0.2
 #: Seconds ``check_writable`` waits for the writers' lock before it calls the store unwritable.
 WRITABLE_WAIT = 1.0
-#: Free bytes below which the file system of the store counts as full.
-MIN_FREE_BYTES = 1 << 20
-
-_HEADER = b"SQLite format 3\x00"
-
-# What an SQLite error code means for a person, by its name's prefix (most specific first).
-_UNWRITABLE_REASONS = (
-    ("SQLITE_READONLY", "the store is read-only (a read-only file system or file)"),
-    ("SQLITE_FULL", "the disk is full"),
-    ("SQLITE_CORRUPT", "the database file is corrupt"),
-    ("SQLITE_NOTADB", "the file is not an SQLite database (corrupt?)"),
-    ("SQLITE_BUSY", "the write lock was not had within a second"),
-    ("SQLITE_LOCKED", "the write lock was not had within a second"),
-    ("SQLITE_IOERR", "an I/O error (the disk failed, is full or went read-only)"),
-    ("SQLITE_CANTOPEN", "the database file cannot be opened"),
-    ("SQLITE_PERM", "permission denied"),
-)
 
 
 def _flock_until(fd: int, deadline: float) -> bool:
@@ -78,14 +61,6 @@ def _flock_until(fd: int, deadline: float) -> bool:
                 return False
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.05)
-
-
-def _unwritable_reason(exc: sqlite3.Error) -> str:
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    for prefix, reason in _UNWRITABLE_REASONS:
-        if name.startswith(prefix):
-            return reason
-    return "SQLite refused the write"
 
 
 def _open_lock_file(path: str) -> int:
@@ -344,7 +319,7 @@ class SqliteFile(Store):
         if not self._lock.acquire(timeout=WRITABLE_WAIT):
             raise StoreUnavailable(f"{where}: this process's connection is busy for over a second")
         try:
-            self._check_file(where)
+            check_file(self.path, where)
             if self._writer_fd is not None and not _flock_until(self._writer_fd, deadline):
                 raise StoreUnavailable(
                     f"{where}: the write lock was not had within a second (another process "
@@ -365,40 +340,13 @@ class SqliteFile(Store):
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise StoreUnavailable(f"{where}: {_unwritable_reason(exc)} ({exc})") from exc
+                raise StoreUnavailable(f"{where}: {unwritable_reason(exc)} ({exc})") from exc
             finally:
                 if self._writer_fd is not None:
                     fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
         finally:
             self._lock.release()
         self._sync_log()  # and the disk syncs it (a durable store)
-
-    def _check_file(self, where: str) -> None:
-        """Raise unless the file still starts with SQLite's header and its file system has room.
-
-        A connection works from pages it has cached and from the log, so it may not notice a file
-        overwritten under it; the header is the cheap check (a full ``quick_check`` reads every
-        page, far too slow for a health probe).
-        """
-        if self.path == ":memory:":
-            return
-        try:
-            with open(self.path, "rb") as file:
-                header = file.read(len(_HEADER))
-        except OSError as exc:
-            raise StoreUnavailable(f"{where}: {exc}") from exc
-        if header and header != _HEADER:
-            raise StoreUnavailable(f"{where}: the database file is corrupt (no SQLite header)")
-        try:
-            fs = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
-        except OSError as exc:
-            raise StoreUnavailable(f"{where}: {exc}") from exc
-        if not fs.f_blocks:  # a file system that reports no sizes (some FUSE, network ones)
-            return
-        # root may fill the blocks reserved for it; others stop at f_bavail.
-        free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
-        if free < MIN_FREE_BYTES:
-            raise StoreUnavailable(f"{where}: the disk is full ({free} bytes free)")
 
     def listen(self) -> Listener | None:
         return listener_or_none(self._wake_dir)
@@ -430,42 +378,12 @@ class SqliteFile(Store):
                 self._notifier.close()
 
     def describe(self) -> list[Finding]:
-        """The file, its journal mode, synchronous setting, schema version and size."""
+        """The file, its journal mode, synchronous setting, schema version and size
+        (``sqlite_health.findings``)."""
         with self._guard() as db:
             journal = db.execute("PRAGMA journal_mode").fetchone()[0]
             # SQLite commits with NORMAL; a durable store syncs the log itself (``_sync_log``).
             synchronous = 2 if self.durable else db.execute("PRAGMA synchronous").fetchone()[0]
             version = db.execute("PRAGMA user_version").fetchone()[0]
             missing = missing_columns(db)
-        findings = [
-            Finding("file", os.path.abspath(self.path) if self.path != ":memory:" else self.path),
-            Finding(
-                "journal mode",
-                journal,
-                problem=None
-                if journal == "wal" or self.path == ":memory:"
-                else "the store is not in WAL mode: open it once with Party (it switches it)",
-            ),
-            Finding(
-                "synchronous",
-                {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(synchronous, str(synchronous)),
-                warning=None
-                if synchronous >= 2
-                else "a power cut may lose the last acknowledged adds (?synchronous=normal)",
-            ),
-            Finding(
-                "schema version",
-                f"{version} (this Party: {SCHEMA_VERSION})",
-                problem=None
-                if version >= SCHEMA_VERSION and not missing
-                else "open the store once with this version of Party: it migrates the file",
-            ),
-        ]
-        if self.path != ":memory:":
-            size = sum(
-                os.path.getsize(path)
-                for path in (self.path, self.path + "-wal")
-                if os.path.exists(path)
-            )
-            findings.append(Finding("size", f"{size / 1e6:.1f} MB (with its log)"))
-        return findings
+        return findings(self.path, journal, synchronous, version, bool(missing))
