@@ -93,7 +93,13 @@ def main() -> int:
         )
         print(f"the GROUP BY it replaced: median {statistics.median(full):.0f} ms")
         adds_and_drain(store, "with count triggers")
-        for trigger in ("tally_insert", "tally_delete", "tally_update"):
+        for trigger in (
+            "tally_insert",
+            "tally_insert_ended",
+            "tally_delete",
+            "tally_update",
+            "tally_party",
+        ):
             store._db.execute(f"DROP TRIGGER {trigger}")
         adds_and_drain(store, "without triggers  ")
         store.close()

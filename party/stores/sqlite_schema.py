@@ -104,11 +104,16 @@ INSERT INTO totals (party, n) SELECT party, COUNT(*) FROM tasks GROUP BY 1;
 DELETE FROM ended;
 INSERT INTO ended (party, status, n) SELECT party, status, COUNT(*) FROM tasks
     WHERE status NOT IN ('queued', 'running') GROUP BY 1, 2;
+-- An add inserts queued tasks: its one count is the total. A task inserted already ended (not
+-- something Party's adds do) is counted by a trigger of its own, whose WHEN costs an add less
+-- than a second statement in this one (2.3k against 4.6k instructions).
 CREATE TRIGGER IF NOT EXISTS tally_insert AFTER INSERT ON tasks BEGIN
     INSERT INTO totals (party, n) VALUES (NEW.party, 1)
         ON CONFLICT (party) DO UPDATE SET n = n + 1;
-    INSERT INTO ended (party, status, n) SELECT NEW.party, NEW.status, 1
-        WHERE NEW.status NOT IN ('queued', 'running')
+END;
+CREATE TRIGGER IF NOT EXISTS tally_insert_ended AFTER INSERT ON tasks
+WHEN NEW.status NOT IN ('queued', 'running') BEGIN
+    INSERT INTO ended (party, status, n) VALUES (NEW.party, NEW.status, 1)
         ON CONFLICT (party, status) DO UPDATE SET n = n + 1;
 END;
 CREATE TRIGGER IF NOT EXISTS tally_delete AFTER DELETE ON tasks BEGIN
