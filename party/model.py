@@ -64,6 +64,17 @@ def new_id() -> str:
     return f"{int(time.time()):08x}{_id_process}{next(_id_counter) & 0xFFFFFF:06x}"
 
 
+#: Separates a lease token's random part from the owner written after it ("<random>~<owner>").
+OWNER_MARK = "~"
+
+
+def owner_of(lease: str | None) -> str | None:
+    """The owner written into a lease token, if any."""
+    if not lease or OWNER_MARK not in lease:
+        return None
+    return lease.split(OWNER_MARK, 1)[1]
+
+
 def is_valid_id(value: object) -> bool:
     """True when ``value`` is a 24-hex lowercase task id."""
     return isinstance(value, str) and ID_PATTERN.match(value) is not None

@@ -23,12 +23,12 @@ from .errors import (
     KeyInProgress,
     KeyMismatch,
     NotFound,
-    RegistryError,
     StoreUnavailable,
     TaskException,
     ValidationError,
 )
 from .model import (
+    OWNER_MARK,
     Leased,
     NewTask,
     Outcome,
@@ -36,8 +36,9 @@ from .model import (
     Task,
     Write,
     is_valid_id,
+    owner_of,
 )
-from .registry import Registry
+from .registry import Registry, running_limits
 from .stores.base import PRUNABLE, KeyedAdd, KeyRecord, KeyTaken, OrderKey, Store
 from .timestamps import format_timestamp, system_now
 from .views import Views, list_tasks
@@ -53,8 +54,6 @@ _HAND_BACK_CLEARS = {"lease": None, "lease_expires": None}
 # 90 ns (the enum metaclass's __getattr__ keeps it off the fast path).
 _COMPLETED = Status.COMPLETED
 _WHILE_RUNNING = (Status.RUNNING,)
-#: Separates a lease token's random part from the owner written after it.
-OWNER_MARK = "~"
 #: How long an idempotency key holds: a repeat within it is answered from the first add; after
 #: it the key is new (and retention removes its record).
 KEY_TTL = timedelta(hours=24)
@@ -459,29 +458,6 @@ class TaskQueue:
                 if removed:
                     return removed
         return self.store.prune_keys(now - KEY_TTL, limit)
-
-
-def running_limits(registry: Registry) -> dict[str, int]:
-    """``{handler name: max_running}`` of the handlers that declare one; ``RegistryError``
-    names a handler whose ``max_running`` is not an integer >= 1 (or None)."""
-    limits: dict[str, int] = {}
-    for name in registry.names:
-        cap = getattr(registry.get(name), "max_running", None)
-        if cap is None:
-            continue
-        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
-            raise RegistryError(
-                f"handler {name}: max_running must be an integer >= 1 or None, got {cap!r}"
-            )
-        limits[name] = cap
-    return limits
-
-
-def owner_of(lease: str | None) -> str | None:
-    """The owner written into a lease token, if any."""
-    if not lease or OWNER_MARK not in lease:
-        return None
-    return lease.split(OWNER_MARK, 1)[1]
 
 
 def _free_singleton(task: Task) -> dict[str, Any]:

@@ -4,7 +4,8 @@ The registry is the only lookup for a handler name that arrives over HTTP or fro
 is matched against classes already imported at start-up, never imported on demand. The registry
 also holds the worker hooks (``on_worker_start``/``on_worker_stop``) of the modules it loaded, and
 checks the schedules handlers declare: a bad one stops the process that loads it, naming the handler
-and the expression. Imports only ``handler``, ``schedule`` and ``errors``.
+and the expression (``running_limits`` checks their ``max_running`` the same way). Imports only
+``handler``, ``schedule`` and ``errors``.
 """
 
 from __future__ import annotations
@@ -167,3 +168,19 @@ def _where(cls: type) -> str:
     module = sys.modules.get(cls.__module__)
     origin = getattr(module, "__file__", None) or cls.__module__
     return f"{cls.__qualname__} in {origin}"
+
+
+def running_limits(registry: Registry) -> dict[str, int]:
+    """``{handler name: max_running}`` of the handlers that declare one; ``RegistryError``
+    names a handler whose ``max_running`` is not an integer >= 1 (or None)."""
+    limits: dict[str, int] = {}
+    for name in registry.names:
+        cap = getattr(registry.get(name), "max_running", None)
+        if cap is None:
+            continue
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise RegistryError(
+                f"handler {name}: max_running must be an integer >= 1 or None, got {cap!r}"
+            )
+        limits[name] = cap
+    return limits

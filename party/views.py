@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import ValidationError
-from .model import Status, Task
+from .model import Status, Task, owner_of
 from .registry import Registry
 from .stores.base import OrderKey, Store
 from .timestamps import format_timestamp, system_now
@@ -31,8 +31,6 @@ REASONS = ("running", "no_handler", "scheduled", "retry_delay", "limited", "due"
 #: The most tasks a text search in data reads (the newest of the listed status).
 SEARCH_SCAN = 10_000
 _ENDED = (Status.COMPLETED, Status.FAILED, Status.DELETED)
-# queue.OWNER_MARK: a lease token is "<random>~<owner>" (views may not import the queue).
-_OWNER_MARK = "~"
 
 
 def is_live(record: Mapping[str, Any], now: datetime) -> bool:
@@ -122,7 +120,7 @@ def _running_detail(task: Task, live: Live) -> str:
             f"running on worker {run.get('worker')} (pid {run.get('pid')}) of scheduler "
             f"{record['id']} on {record.get('host')} since {run.get('since')}"
         )
-    owner = (task.lease or "").partition(_OWNER_MARK)[2]
+    owner = owner_of(task.lease)
     held = f" held by {owner}" if owner else ""
     return f"running under a lease{held} (a force-run, or a run not yet in a heartbeat)"
 

@@ -8,8 +8,8 @@ import pytest
 
 from party.errors import RegistryError
 from party.model import Status
-from party.queue import TaskQueue, running_limits
-from party.registry import Registry, discover
+from party.queue import TaskQueue
+from party.registry import Registry, discover, running_limits
 from tests.conftest import Clock
 
 LIMITED = Path(__file__).parent / "limited_handlers"

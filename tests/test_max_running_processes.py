@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from party.model import Status
-from party.queue import TaskQueue, owner_of
+from party.model import Status, owner_of
+from party.queue import TaskQueue
 from party.registry import discover
 from party.stores.sqlite import SqliteStore
 from tests.conftest import wait_for

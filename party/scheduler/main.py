@@ -21,8 +21,8 @@ from .. import config
 from ..errors import ConfigError, RegistryError, StoreUnavailable
 from ..log import SCHEDULER, redact, setup_logging
 from ..pool import ClaimPolicy, WorkerPool
-from ..queue import TaskQueue, running_limits
-from ..registry import discover
+from ..queue import TaskQueue
+from ..registry import discover, running_limits
 from ..stores import load_backend
 from ..timestamps import system_now
 from .heartbeat import FORGET_AFTER, Heartbeat
