@@ -123,6 +123,9 @@ class ServerThread:
         self.server_options = server_options  # PartyHTTPServer's (idle_timeout, head_timeout)
         self.settings = Settings(token=token, max_body=max_body, max_batch=max_batch)
         self.queue = TaskQueue(SqliteStore(store_path), discover([str(HANDLERS)]))
+        from party.server.inflight import ForceRuns
+
+        self.force_runs = ForceRuns()  # the force-runs in flight, drained as a stopping server does
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -147,7 +150,7 @@ class ServerThread:
             _, status = await loop.run_in_executor(executor, execute, self.queue, task)
             return status
 
-        app = make_app(self.queue, self.queue.registry, self.settings, runner)
+        app = make_app(self.queue, self.queue.registry, self.settings, runner, self.force_runs)
         self.server = PartyHTTPServer(app, **self.server_options)
         self.server.add_sockets([bind_unix_socket(self.sock), *bind_tcp("127.0.0.1", self.port)])
         self.loop = loop

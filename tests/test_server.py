@@ -532,8 +532,56 @@ def test_sigterm_lets_a_force_run_finish_then_exits(tmp_path):
     thread, outcome = force_run_in_thread(server, task["_id"])
     server.proc.send_signal(signal.SIGTERM)
     thread.join(30)
+    assert "task" in outcome, f"the force-run was not answered with its task: {outcome}"
     assert outcome["task"]["status"] == "completed"
     assert server.stop() == 0
+
+
+def test_a_stopping_server_waits_for_a_force_run_still_claiming_its_task(tmp_path):
+    # A force-run claims its task before the service has it: a server told to stop while the
+    # claim is under way waits for that request too (it answered 503 and left its task running
+    # under a lease when only the runs the service had were waited for).
+    import asyncio
+
+    from tests.serving import ServerThread
+
+    server = ServerThread(tmp_path / "p.db", tmp_path / "p.sock").start()
+    address = f"http://127.0.0.1:{server.port}"
+    try:
+        (task,) = server.queue.add([{"party": "Noop"}])
+        claiming, release = threading.Event(), threading.Event()
+        claim_now = server.queue.claim_now
+
+        def slow_claim(task_id):
+            claiming.set()
+            release.wait(10)
+            return claim_now(task_id)
+
+        server.queue.claim_now = slow_claim
+        answers = {}
+
+        def force_run():
+            with BlockingHTTPClient(address) as con:
+                answers["first"] = con.run(task.id)
+
+        thread = threading.Thread(target=force_run)
+        thread.start()
+        assert claiming.wait(10)
+        drained = asyncio.run_coroutine_threadsafe(
+            server.force_runs.drain(10.0, asyncio.Event()), server.loop
+        )
+        time.sleep(0.2)
+        assert not drained.done()  # the request in its claim holds the stop back
+        with BlockingHTTPClient(address) as con, pytest.raises(PartyHTTPError) as refused:
+            con.run(task.id)  # a force-run asked while stopping starts nothing
+        assert refused.value.status == 503 and "stopping" in str(refused.value)
+        release.set()
+        thread.join(10)
+        drained.result(10)
+        assert answers["first"]["status"] == "completed"
+    finally:
+        release.set()
+        server.stop()
 
 
 def test_a_second_signal_interrupts_a_force_run_with_503(tmp_path):

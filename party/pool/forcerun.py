@@ -286,15 +286,6 @@ class ForceRunClient:
                 future.set_exception(ForceRunUnavailable(why))
         self._futures.clear()
 
-    async def drain(self, timeout: float, abort: asyncio.Event) -> None:
-        """Wait up to ``timeout`` seconds for the runs in flight (less if ``abort`` is set)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        if self._futures:
-            logger.info("waiting up to %g s for %d force-run(s)", timeout, len(self._futures))
-        while self._futures and loop.time() < deadline and not abort.is_set():
-            await asyncio.sleep(0.05)
-
     def stop(self, grace: float = 0.0) -> None:
         """Stop the service: runs in progress get ``grace`` seconds, then are handed back; every
         request still waiting is answered. Blocks until the service has exited."""

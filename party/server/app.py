@@ -35,6 +35,7 @@ from .handlers import (
     TaskHandler,
     TasksHandler,
 )
+from .inflight import ForceRuns
 from .liveness import LiveCache
 from .offload import StoreCalls
 from .pipeline import Context, log_request
@@ -42,9 +43,14 @@ from .probes import HealthCheck, StatsCache
 
 
 def make_app(
-    queue: TaskQueue, registry: Registry, settings: Settings, runner: Runner
+    queue: TaskQueue,
+    registry: Registry,
+    settings: Settings,
+    runner: Runner,
+    force_runs: ForceRuns | None = None,
 ) -> Application:
-    """The Party HTTP application over ``queue``; ``runner`` runs a claimed task for a force-run.
+    """The Party HTTP application over ``queue``; ``runner`` runs a claimed task for a force-run,
+    and ``force_runs`` counts those requests in flight (the caller drains it when stopping).
 
     ``registry`` is the queue's (the only lookup of handler names sent over HTTP); it is taken
     here so a caller cannot wire a server to a queue with different handlers by mistake.
@@ -63,6 +69,7 @@ def make_app(
         counters=ServerCounters(),
         max_body=settings.max_body,
         max_batch=settings.max_batch,
+        force_runs=ForceRuns() if force_runs is None else force_runs,
         token=settings.token,
         insecure=settings.insecure,
     )

@@ -292,9 +292,10 @@ class TaskAction(UIHandler):
         task_id = wire.check_id(task_id)
         ctx = self.ctx
         if action == "run":
-            task = await ctx.calls(ctx.queue.claim_now, task_id)
-            ctx.stats.wrote()
-            await ctx.runner(task)
+            async with ctx.force_runs.request():
+                task = await ctx.calls(ctx.queue.claim_now, task_id)
+                ctx.stats.wrote()
+                await ctx.runner(task)
             message = "ran it now"
         else:
             await ctx.calls(ctx.queue.delete, task_id)

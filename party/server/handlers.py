@@ -180,10 +180,12 @@ class TaskHandler(JSONHandler):
     async def post(self, task_id: str) -> None:
         wire.check_id(task_id)
         wire.check_run_body(wire.loads(self.body()))
-        task = await self.ctx.calls(self.queue.claim_now, task_id)
-        self.ctx.stats.wrote()
-        # The run happens in a warm worker process; the event loop serves other requests meanwhile.
-        await self.ctx.runner(task)
+        async with self.ctx.force_runs.request():  # a stopping server waits for it, claim included
+            task = await self.ctx.calls(self.queue.claim_now, task_id)
+            self.ctx.stats.wrote()
+            # The run happens in a warm worker process; the event loop serves other requests
+            # meanwhile.
+            await self.ctx.runner(task)
         self.ctx.stats.wrote()
         await self.send_task(await self.ctx.calls(self.queue.get, task_id))
 

@@ -32,6 +32,7 @@ from ..stores import open_store
 from .app import make_app
 from .connections import PartyHTTPServer, raise_fd_limit
 from .handlers import DRAIN_LIMIT, ApiError
+from .inflight import ForceRuns
 
 logger = logging.getLogger(log.SERVER)
 
@@ -202,7 +203,8 @@ async def _serve(
 ) -> int:
     loop = asyncio.get_running_loop()
     pool.attach(loop)
-    app = make_app(queue, registry, settings, ForceRunner(pool))
+    force_runs = ForceRuns()
+    app = make_app(queue, registry, settings, ForceRunner(pool), force_runs)
     raise_fd_limit()
     # Idle and head timeouts, and a calm accept loop when descriptors run out (connections).
     server = PartyHTTPServer(app, max_body_size=settings.max_body + DRAIN_LIMIT)
@@ -224,7 +226,7 @@ async def _serve(
     try:
         await stopping.wait()
         server.stop()  # no new connections; force-runs in flight may finish within the grace
-        await pool.drain(settings.grace, abort)
+        await force_runs.drain(settings.grace, abort)  # their claims included
         pool.stop(0.0)  # what still runs is handed back; its requests are answered 503
         await asyncio.sleep(0.05)  # let interrupted requests write their answer
     finally:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ..queue import TaskQueue
     from ..views import Views
     from .handlers import Runner
+    from .inflight import ForceRuns
     from .liveness import LiveCache
     from .offload import StoreCalls
     from .probes import HealthCheck, StatsCache
@@ -69,7 +70,7 @@ _TCP = (socket.AF_INET, socket.AF_INET6)
 @dataclass(frozen=True)
 class Context:
     """What every handler shares: the queue and the threads that call it, the cached probes, the
-    limits, the token and the force-run runner."""
+    limits, the token, the force-run runner and the force-runs in flight."""
 
     queue: TaskQueue
     runner: Runner
@@ -82,6 +83,8 @@ class Context:
     counters: ServerCounters
     max_body: int
     max_batch: int
+    #: Force-run requests in flight, which a stopping server waits for.
+    force_runs: ForceRuns
     token: str | None = None
     #: ``--insecure``: a tokenless server skips the ``Host`` check (it keeps the ``Origin`` one).
     insecure: bool = False
