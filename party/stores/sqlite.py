@@ -39,7 +39,6 @@ from .sqlite_statements import (
     _OLDEST_DUE,
     _PRUNE,
     _PRUNE_KEYS,
-    _RUNNING_BY_PARTY,
     _TALLIES,
     _WAITING_CAPPED,
     INSERT,
@@ -370,7 +369,7 @@ class SqliteStore(SqliteFile):
         table."""
         now_us = to_micros(now)
         with self._guard() as db:
-            groups = tally(db.execute(_TALLIES), db.execute(_RUNNING_BY_PARTY))
+            groups = tally(db.execute(_TALLIES))
             queued = sum(n for _, status, n in groups if status == "queued")
             cap = STATS_COUNT_CAP
             while True:

@@ -41,31 +41,27 @@ NEXT_UNDELAYED = (
     "AND run_at <= timestamp ORDER BY status, timestamp LIMIT 1"
 )
 
-# The running tasks of each party, counted in the order index (they are few: what the workers hold);
-# the ``totals`` and ``ended`` tables count the rest (see the schema).
-_RUNNING_BY_PARTY = "SELECT party, COUNT(*) FROM tasks WHERE status = 'running' GROUP BY party"
+# Each party's total and its ended tasks (the ``totals`` and ``ended`` tables, see the schema) and
+# its running tasks, counted in the order index (they are few: what the workers hold). One
+# statement, so one snapshot: a run ending between two reads would show as a queued task.
 _TALLIES = (
     "SELECT party, 'total', n FROM totals WHERE n > 0 "
-    "UNION ALL SELECT party, status, n FROM ended WHERE n > 0"
+    "UNION ALL SELECT party, status, n FROM ended WHERE n > 0 "
+    "UNION ALL SELECT party, 'running', COUNT(*) FROM tasks WHERE status = 'running' GROUP BY party"
 )
 
 
-def tally(
-    tallies: Iterable[tuple[str, str, int]], running: Iterable[tuple[str, int]]
-) -> list[tuple[str, str, int]]:
-    """The (party, status, count) rows of ``stats`` from the rows of ``_TALLIES`` and
-    ``_RUNNING_BY_PARTY``: a party's queued tasks are its total less its running and ended ones."""
+def tally(rows: Iterable[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The (party, status, count) rows of ``stats`` from the rows of ``_TALLIES``: a party's
+    queued tasks are its total less its running and ended ones."""
     groups: list[tuple[str, str, int]] = []
     queued: dict[str, int] = {}
-    for party, status, n in tallies:
+    for party, status, n in rows:
         if status == "total":
             queued[party] = queued.get(party, 0) + n
         else:
             queued[party] = queued.get(party, 0) - n
             groups.append((party, status, n))
-    for party, n in running:
-        queued[party] = queued.get(party, 0) - n
-        groups.append((party, "running", n))
     groups += [(party, "queued", n) for party, n in queued.items() if n > 0]
     return groups
 
