@@ -46,22 +46,25 @@ def log_syncs(monkeypatch, tmp_path):
     return syncs
 
 
-def test_a_durable_add_returns_only_once_its_log_is_synced(tmp_path, registry, log_syncs):
-    store = SqliteStore(tmp_path / "p.db")
-    queue = TaskQueue(store, registry)
-    try:
-        assert store.durable
-        before = len(log_syncs)
-        queue.add([{"party": "Noop"}])
-        assert len(log_syncs) == before + 1
-    finally:
-        store.close()
+@pytest.fixture
+def durable_queue(tmp_path, registry):
+    """A queue on ``tmp_path/p.db`` opened with the defaults (a durable store), closed after."""
+    queue = TaskQueue(SqliteStore(tmp_path / "p.db"), registry)
+    yield queue
+    queue.store.close()
 
 
-def test_an_add_is_visible_to_the_workers_while_its_sync_runs(tmp_path, registry, log_syncs):
+def test_a_durable_add_returns_only_once_its_log_is_synced(durable_queue, log_syncs):
+    queue, store = durable_queue, durable_queue.store
+    assert store.durable
+    before = len(log_syncs)
+    queue.add([{"party": "Noop"}])
+    assert len(log_syncs) == before + 1
+
+
+def test_an_add_is_visible_to_the_workers_while_its_sync_runs(tmp_path, durable_queue, log_syncs):
     # The workers are woken before the sync: a task may start while its add is made durable.
-    store = SqliteStore(tmp_path / "p.db")
-    queue = TaskQueue(store, registry)
+    queue = durable_queue
     counted: list[int] = []
 
     def count_from_another_connection() -> None:
@@ -71,13 +74,10 @@ def test_an_add_is_visible_to_the_workers_while_its_sync_runs(tmp_path, registry
         finally:
             db.close()
 
-    try:
-        queue.add([{"party": "Noop"}])  # the log exists from here on
-        log_syncs.during = count_from_another_connection
-        queue.add([{"party": "Noop"}])
-    finally:
-        log_syncs.during = None
-        store.close()
+    queue.add([{"party": "Noop"}])  # the log exists from here on
+    log_syncs.during = count_from_another_connection
+    queue.add([{"party": "Noop"}])
+    log_syncs.during = None
     assert counted == [2]
 
 
@@ -101,30 +101,23 @@ def test_a_listening_worker_is_woken_before_the_sync_of_an_add(tmp_path, registr
     assert woken == [True]
 
 
-def test_a_failed_sync_says_the_write_is_committed_but_not_known_durable(
-    tmp_path, registry, log_syncs
-):
-    store = SqliteStore(tmp_path / "p.db")
-    queue = TaskQueue(store, registry)
-    try:
+def test_a_failed_sync_says_the_write_is_committed_but_not_known_durable(durable_queue, log_syncs):
+    queue = durable_queue
+    queue.add([{"party": "Noop"}])
+
+    def refuse() -> None:
+        raise OSError(5, "Input/output error")
+
+    log_syncs.during = refuse
+    with pytest.raises(StoreUnavailable) as info:
         queue.add([{"party": "Noop"}])
-
-        def refuse() -> None:
-            raise OSError(5, "Input/output error")
-
-        log_syncs.during = refuse
-        with pytest.raises(StoreUnavailable) as info:
-            queue.add([{"party": "Noop"}])
-        assert "committed" in str(info.value) and "could not be synced" in str(info.value)
-        log_syncs.during = None
-        queue.add([{"party": "Noop"}])  # the next write syncs again
-    finally:
-        store.close()
+    assert "committed" in str(info.value) and "could not be synced" in str(info.value)
+    log_syncs.during = None
+    queue.add([{"party": "Noop"}])  # the next write syncs again
 
 
-def test_concurrent_durable_adds_share_a_sync(tmp_path, registry, log_syncs):
-    store = SqliteStore(tmp_path / "p.db")
-    queue = TaskQueue(store, registry)
+def test_concurrent_durable_adds_share_a_sync(durable_queue, log_syncs):
+    queue = durable_queue
     queue.add([{"party": "Noop"}])
     log_syncs.clear()
     # A slow disk (0.2 s a sync): while one sync runs, the other threads commit and queue behind
@@ -134,49 +127,38 @@ def test_concurrent_durable_adds_share_a_sync(tmp_path, registry, log_syncs):
     start = threading.Barrier(8)
 
     def add() -> None:
-        start.wait()
+        start.wait(10)
         queue.add([{"party": "Noop"}])
 
     threads = [threading.Thread(target=add) for _ in range(8)]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
-        assert queue.stats()["statuses"]["queued"] == 9
-    finally:
-        store.close()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert queue.stats()["statuses"]["queued"] == 9
     assert 1 <= len(log_syncs) <= 3
 
 
-def test_every_write_of_a_durable_store_is_synced_not_only_adds(tmp_path, registry, log_syncs):
-    store = SqliteStore(tmp_path / "p.db")
-    queue = TaskQueue(store, registry)
-    try:
-        task = queue.add([{"party": "Noop"}])[0]
-        before = len(log_syncs)
-        queue.delete(task.id)
-        assert len(log_syncs) == before + 1
-        before = len(log_syncs)
-        store.check_writable()
-        assert len(log_syncs) == before + 1
-    finally:
-        store.close()
+def test_every_write_of_a_durable_store_is_synced_not_only_adds(durable_queue, log_syncs):
+    queue, store = durable_queue, durable_queue.store
+    task = queue.add([{"party": "Noop"}])[0]
+    before = len(log_syncs)
+    queue.delete(task.id)
+    assert len(log_syncs) == before + 1
+    before = len(log_syncs)
+    store.check_writable()
+    assert len(log_syncs) == before + 1
 
 
-def test_a_durable_write_that_changes_nothing_does_not_sync(tmp_path, registry, log_syncs):
+def test_a_durable_write_that_changes_nothing_does_not_sync(durable_queue, log_syncs):
     # A claim that finds nothing due (a write transaction that changes no row).
-    store = SqliteStore(tmp_path / "p.db")
-    queue = TaskQueue(store, registry)
-    try:
-        queue.add([{"party": "Noop"}])
-        before = len(log_syncs)
-        assert queue.claim(5, now=system_now() - timedelta(days=1)) == []
-        assert len(log_syncs) == before
-        assert len(queue.claim(5, now=system_now() + timedelta(seconds=1))) == 1
-        assert len(log_syncs) == before + 1
-    finally:
-        store.close()
+    queue = durable_queue
+    queue.add([{"party": "Noop"}])
+    before = len(log_syncs)
+    assert queue.claim(5, now=system_now() - timedelta(days=1)) == []
+    assert len(log_syncs) == before
+    assert len(queue.claim(5, now=system_now() + timedelta(seconds=1))) == 1
+    assert len(log_syncs) == before + 1
 
 
 def test_relaxed_and_normal_connections_never_sync(tmp_path, registry, log_syncs):
