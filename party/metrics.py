@@ -45,19 +45,16 @@ TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def observe(histogram: dict[str, Any], value: float, buckets: Sequence[float]) -> None:
-    """Count ``value`` in ``histogram`` (``{"buckets": [n per bucket, +Inf last], "sum", "count"}``,
-    the non-cumulative form a heartbeat record keeps), in place."""
-    counts = histogram.setdefault("buckets", [0] * (len(buckets) + 1))
-    counts[bisect_left(buckets, value)] += 1  # the first bound >= value; +Inf past the last
-    histogram["sum"] = histogram.get("sum", 0.0) + value
-    histogram["count"] = histogram.get("count", 0) + 1
+    """Count ``value`` in ``histogram``, in place (see ``observe_all``)."""
+    observe_all(histogram, (value,), buckets)
 
 
 def observe_all(
     histogram: dict[str, Any], values: Sequence[float], buckets: Sequence[float]
 ) -> None:
-    """``observe`` each of ``values`` in turn, in one call: the same counts and the same sum
-    (added in the same order), for a batch of runs."""
+    """Count each of ``values`` in ``histogram`` (``{"buckets": [n per bucket, +Inf last], "sum",
+    "count"}``, the non-cumulative form a heartbeat record keeps), in place, in one call for a
+    batch of runs: the sum is added in the values' order."""
     counts = histogram.setdefault("buckets", [0] * (len(buckets) + 1))
     total = histogram.get("sum", 0.0)
     for value in values:
