@@ -1,11 +1,11 @@
 """``python bench/run.py``: Party's benchmark suite (``make bench``; ``make bench-quick``).
 
-Runs each section (``scale``, ``enqueue``, ``drain``, ``waiting``, ``latency``, ``forcerun``,
-``profile``, ``stress``) on real processes and a temporary SQLite store, prints a progress line per
-step and a table at the end, and writes ``bench/results.json`` with the machine it ran on. Every
-figure is the median of ``--runs`` runs (3 by default, 1 with ``--quick``, which also uses smaller
-sizes) with min and max. ``--only drain latency`` runs some sections. See docs/performance.md for
-what each figure means.
+Runs each section (``scale``, ``enqueue``, ``drain``, ``waiting``, ``latency``, ``floors``,
+``forcerun``, ``profile``, ``stress``) on real processes and a temporary SQLite store, prints a
+progress line per step and a table at the end, and writes ``bench/results.json`` with the machine
+it ran on. Every figure is the median of ``--runs`` runs (3 by default, 1 with ``--quick``, which
+also uses smaller sizes) with min and max. ``--only drain latency`` runs some sections. See
+docs/performance.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any
 
 import harness
 
-SECTIONS = ("scale", "enqueue", "drain", "waiting", "latency", "forcerun", "profile", "stress")
+SECTIONS = (
+    "scale", "enqueue", "drain", "waiting", "latency", "floors", "forcerun", "profile", "stress"
+)  # fmt: skip
 MODULES = {"profile": "profiling"}  # a module named ``profile`` would shadow cProfile's import
 RESULTS = harness.BENCH / "results.json"
 
