@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .timestamps import from_micros, to_micros
 
-ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
+ID_PATTERN = re.compile(r"[0-9a-f]{24}")
 
 
 class Status(StrEnum):
@@ -77,7 +77,7 @@ def owner_of(lease: str | None) -> str | None:
 
 def is_valid_id(value: object) -> bool:
     """True when ``value`` is a 24-hex lowercase task id."""
-    return isinstance(value, str) and ID_PATTERN.match(value) is not None
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
 
 
 def canonical_json(data: Any) -> str:

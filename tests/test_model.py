@@ -34,6 +34,7 @@ def test_ids_are_24_lowercase_hex():
         not is_valid_id("6B05323E6E0945D502B5A7F6")
         and not is_valid_id("abc")
         and not is_valid_id(5)
+        and not is_valid_id(new_id() + "\n")  # `$` alone matches before a final newline
     )
 
 

@@ -167,6 +167,10 @@ def test_get_task(con):
         ("GET", "/task/", 400, "malformed task id ''"),
         ("DELETE", "/task/xyz", 400, "malformed task id"),
         ("POST", "/task/xyz", 400, "malformed task id"),
+        # A final newline passed a `$`-anchored pattern: 404 on SQLite, 500 on MongoDB.
+        ("GET", "/task/ffffffffffffffffffffffff%0a", 400, "malformed task id"),
+        ("DELETE", "/task/ffffffffffffffffffffffff%0A", 400, "malformed task id"),
+        ("GET", "/tasks?after=1.0.1.ffffffffffffffffffffffff%0a", 400, "malformed 'after' cursor"),
         ("GET", "/task/ffffffffffffffffffffffff", 404, "no task with id ffffffffffffffffffffffff"),
         ("DELETE", "/task/ffffffffffffffffffffffff", 404, "no task with id"),
         ("POST", "/task/ffffffffffffffffffffffff", 404, "no task with id"),
