@@ -39,6 +39,7 @@ from .model import (
     owner_of,
 )
 from .registry import Registry, running_limits
+from .storable import storable_text
 from .stores.base import PRUNABLE, KeyedAdd, KeyRecord, KeyTaken, OrderKey, Store
 from .timestamps import format_timestamp, system_now
 from .views import Views, list_tasks
@@ -61,7 +62,12 @@ KEY_TTL = timedelta(hours=24)
 
 def error_info(kind: str, message: str, traceback: str | None = None, *, at: datetime) -> dict:
     """The shape of ``last_error``: type, message, traceback and time (ISO string)."""
-    return {"type": kind, "message": message, "traceback": traceback, "at": format_timestamp(at)}
+    return {
+        "type": kind,
+        "message": storable_text(message),
+        "traceback": None if traceback is None else storable_text(traceback),
+        "at": format_timestamp(at),
+    }
 
 
 class TaskQueue:

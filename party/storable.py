@@ -21,6 +21,17 @@ _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
 
 
+def storable_text(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape (``\\udce9``): an exception's
+    message may hold one (a file name that is not UTF-8, through ``os.fsdecode``), and no store
+    or JSON answer takes it. Stored as it was, it made every read of the task fail."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 class Unstorable(ValueError):
     """A value no store can keep. ``reason`` says why and ``path`` where (``data['a'][2]``)."""
 

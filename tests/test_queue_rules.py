@@ -1,5 +1,6 @@
 """Every rule of PRODUCT.md "Semantics of the queue", once per store (sqlite, mongomock, mongo)."""
 
+import json
 import logging
 from datetime import datetime, timedelta
 
@@ -172,6 +173,16 @@ def test_unknown_handler_in_store_fails_task_at_once(queue, registry):
     assert outcome.permanent and "no handler named 'Noop'" in outcome.error["message"]
     assert queue.record([outcome]) == [Status.FAILED]
     assert queue.get(task.id).status == Status.FAILED
+
+
+def test_an_error_message_with_a_lone_surrogate_is_stored_escaped_and_reads_back(queue):
+    task = queue.add([{"party": "BoomUndecodable"}])[0]
+    (claimed,) = queue.claim(1)
+    assert queue.record([run_task(claimed, queue.registry)]) == [Status.FAILED]
+    error = queue.get(task.id).last_error
+    assert error["message"] == "cannot read caf\\udce9.txt"
+    assert "caf\\udce9.txt" in error["traceback"]
+    json.dumps(error).encode()  # what the answer of GET /task/<id> does
 
 
 # -- recurring ---------------------------------------------------------------------------------

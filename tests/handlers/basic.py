@@ -33,6 +33,15 @@ class Boom(TaskBase):
         raise RuntimeError(f"boom on attempt {self.attempts}")
 
 
+class BoomUndecodable(TaskBase):
+    """Fails with a message holding a lone surrogate, as a file name that is not UTF-8 decodes."""
+
+    max_attempts = 1
+
+    def run(self):
+        raise ValueError("cannot read " + os.fsdecode(b"caf\xe9.txt"))
+
+
 class FlakyTwice(TaskBase):
     """Fails on its first two attempts, then succeeds."""
 
