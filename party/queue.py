@@ -237,9 +237,18 @@ class TaskQueue:
         """Lease one task for an immediate run, due or not (the force-run of ``POST /task/<id>``).
 
         Raises ``Conflict`` unless the task is queued (completed, deleted, failed and running tasks
-        are refused), ``NotFound`` for an unknown id.
+        are refused) or when its handler is not registered here (a server started without the
+        module, as in a rolling deploy: running it would fail it for good), ``NotFound`` for an
+        unknown id.
         """
         task_id = _checked_id(task_id)
+        party = self.get(task_id).party
+        if party not in self.registry:
+            raise Conflict(
+                f"task {task_id} is a {party!r} task and no handler named {party!r} is "
+                "registered in this server: start it with --tasks (PARTY_TASKS) naming the "
+                "handler's module, or let a scheduler that has it run the task"
+            )
         task = self.store.claim_id(task_id, self.clock() + self.lease, self._token())
         if task is not None:
             return task

@@ -16,7 +16,12 @@ import time
 import pytest
 from conftest import wait_for
 
+from party import TaskBase
 from party.client import BlockingHTTPClient, PartyHTTPError, UnixHTTPConnection
+from party.model import Status
+from party.queue import TaskQueue
+from party.registry import Registry
+from party.stores.sqlite import SqliteStore
 from tests.serving import ROOT, ServerProcess, free_port
 
 pytestmark = pytest.mark.processes
@@ -211,6 +216,27 @@ def test_force_run_refuses_completed_deleted_and_failed_tasks(con):
     assert after["status"] == "failed"
     with pytest.raises(PartyHTTPError, match="409: .*is failed: it failed 6 attempts"):
         con.run(boom["_id"])
+
+
+def test_force_run_refuses_a_task_whose_handler_this_server_lacks_and_leaves_it_queued(server):
+    class OnlyOnTheScheduler(TaskBase):  # e.g. a module a rolling deploy has not given the server
+        def run(self):
+            return "ran"
+
+    queue = TaskQueue(
+        SqliteStore(server.store), Registry({"OnlyOnTheScheduler": OnlyOnTheScheduler})
+    )
+    try:
+        (task,) = queue.add([{"party": "OnlyOnTheScheduler"}])
+        status, answer = raw(server, "POST", f"/task/{task.id}")
+        assert status == 409
+        assert (
+            "no handler named 'OnlyOnTheScheduler' is registered in this server" in answer["error"]
+        )
+        stored = queue.get(task.id)
+        assert (stored.status, stored.attempts, stored.lease) == (Status.QUEUED, 0, None)
+    finally:
+        queue.store.close()
 
 
 def test_force_run_answers_a_failed_attempt_with_its_error(con):
