@@ -93,7 +93,8 @@ class TaskQueue:
         # later can tell who held it (and, on the same host, whether that process is gone).
         self._owner_suffix = OWNER_MARK + owner if owner else ""
         # The handlers' max_running, read once: the claim passes them to the store as data.
-        self.limits = running_limits(registry)
+        self.limits = running_limits(registry)  # and 0 for a handler found missing (_pass_over)
+        self._missing: frozenset[str] = frozenset()  # handlers of tasks its claims handed back
 
     # -- adding and reading ------------------------------------------------------------------
 
@@ -184,7 +185,10 @@ class TaskQueue:
         return Views(self.store, self.registry, clock=self.clock).stats()
 
     def next_run_at(self) -> datetime | None:
-        """When the earliest queued task becomes due (None when nothing is queued)."""
+        """When the earliest queued task this process can run becomes due (None when none is
+        queued): the tasks of handlers its claims found missing are left out."""
+        if self._missing:
+            return self.store.next_run_at(self._missing)
         return self.store.next_run_at()
 
     def delete(self, task_id: str) -> Task:
@@ -230,8 +234,31 @@ class TaskQueue:
         now = now or self.clock()
         due_by = now + timedelta(seconds=ahead) if ahead else now
         if self.limits:
-            return self.store.claim(limit, due_by, now + self.lease, self._token(), self.limits)
-        return self.store.claim(limit, due_by, now + self.lease, self._token())
+            tasks = self.store.claim(limit, due_by, now + self.lease, self._token(), self.limits)
+        else:
+            tasks = self.store.claim(limit, due_by, now + self.lease, self._token())
+        registry = self.registry
+        for task in tasks:
+            if task.party not in registry:
+                return self._pass_over(tasks)
+        return tasks
+
+    def _pass_over(self, tasks: list[Task]) -> list[Task]:
+        """Hand back the claimed tasks whose handler this process lacks, and leave that handler
+        out of its later claims (a cap of 0): they wait, queued and uncharged, for a scheduler
+        that has it (``waiting`` says ``no_handler`` while none does). Running them would fail
+        them for good: a rolling deploy, or schedulers that share a store with other handlers."""
+        lacking = [task for task in tasks if task.party not in self.registry]
+        self.release(lacking)
+        for party in sorted({task.party for task in lacking} - set(self.limits)):
+            logger.warning(
+                "tasks of handler %r are left queued: it is not registered in this process "
+                "(registered: %s); a scheduler that has it will run them",
+                party, ", ".join(self.registry.names) or "none",
+            )  # fmt: skip
+        self._missing |= {task.party for task in lacking}
+        self.limits = {**self.limits, **dict.fromkeys(self._missing, 0)}
+        return [task for task in tasks if task.party in self.registry]
 
     def claim_now(self, task_id: str) -> Task:
         """Lease one task for an immediate run, due or not (the force-run of ``POST /task/<id>``).

@@ -8,6 +8,7 @@ import pytest
 
 from party.errors import Conflict, NotFound, ValidationError
 from party.model import NewTask, Outcome, Status
+from party.queue import TaskQueue
 from party.runner import execute, run_task
 
 
@@ -164,7 +165,25 @@ def test_flaky_task_succeeds_on_third_attempt(queue):
     assert done.status == Status.COMPLETED and done.attempts == 3 and done.result == "ok"
 
 
-def test_unknown_handler_in_store_fails_task_at_once(queue, registry):
+def test_a_claim_hands_back_tasks_whose_handler_is_missing_and_then_passes_them_over(
+    queue, clock, caplog
+):
+    from party.registry import Registry
+
+    noop, boom = queue.add([{"party": "Noop"}, {"party": "Boom"}])
+    partial = TaskQueue(queue.store, Registry({"Boom": queue.registry.get("Boom")}), clock=clock)
+    with caplog.at_level(logging.WARNING, logger="party.queue"):
+        assert [t.id for t in partial.claim(10)] == [boom.id]
+    assert "tasks of handler 'Noop' are left queued" in caplog.text
+    left = queue.get(noop.id)
+    assert (left.status, left.attempts, left.lease) == (Status.QUEUED, 0, None)
+    assert partial.claim(10) == []  # passed over now, without a claim and a hand-back each time
+    assert partial.next_run_at() is None  # its idle workers sleep instead of waking for it
+    assert queue.next_run_at() == left.timestamp
+    assert [t.id for t in queue.claim(10)] == [noop.id]  # a process with the handler takes it
+
+
+def test_a_run_of_a_handler_missing_at_run_time_fails_at_once(queue):
     from party.registry import Registry
 
     task = queue.add([{"party": "Noop"}])[0]

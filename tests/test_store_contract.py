@@ -156,6 +156,15 @@ def test_next_run_at_is_earliest_run_at_of_queued_tasks(store):
     assert store.next_run_at() == T0 + timedelta(seconds=4)
 
 
+def test_next_run_at_leaves_out_the_handlers_it_is_told_to(store):
+    ghost = make(at=T0 - timedelta(hours=1), party="Ghost")  # a handler this process lacks
+    late_retry = make(at=T0 - timedelta(hours=2), run_at=T0 - timedelta(minutes=30), party="Ghost")
+    store.insert_many([ghost, late_retry, make(at=T0 + timedelta(seconds=9))])
+    assert store.next_run_at() == T0 - timedelta(hours=1)
+    assert store.next_run_at(["Ghost"]) == T0 + timedelta(seconds=9)
+    assert store.next_run_at(["Ghost", "Noop"]) is None
+
+
 def test_next_run_at_looks_past_retries_waiting_at_the_head_of_the_queue(store):
     # Retries keep their place in queue order (their timestamp) while they wait for their delay.
     waiting = [

@@ -8,7 +8,7 @@ Imports only ``model``, ``errors`` and ``timestamps``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -183,8 +183,10 @@ class Store(ABC):
         """``running`` tasks whose lease expired before ``now``, oldest lease first."""
 
     @abstractmethod
-    def next_run_at(self) -> datetime | None:
-        """The earliest time at which a queued task becomes due, or None when none is queued."""
+    def next_run_at(self, exclude: Collection[str] = ()) -> datetime | None:
+        """The earliest time at which a queued task becomes due, or None when none is queued;
+        the tasks of the handlers named in ``exclude`` are left out (those a scheduler cannot run:
+        it sleeps until one it can run is due, instead of waking for them again and again)."""
 
     @abstractmethod
     def stats(self, now: datetime) -> dict[str, Any]:

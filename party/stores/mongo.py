@@ -27,7 +27,7 @@ pymongo.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -127,9 +127,12 @@ class MongoStore(MongoAdds):
             )
         return [doc_to_task(doc) for doc in docs]
 
-    def next_run_at(self) -> datetime | None:
+    def next_run_at(self, exclude: Collection[str] = ()) -> datetime | None:
+        query: dict[str, Any] = {"status": "queued"}
+        if exclude:
+            query["party"] = {"$nin": list(exclude)}
         with guard():
-            doc = self._tasks.find_one({"status": "queued"}, {"run_at": 1}, sort=[("run_at", 1)])
+            doc = self._tasks.find_one(query, {"run_at": 1}, sort=[("run_at", 1)])
         return None if doc is None else doc["run_at"]
 
     def stats(self, now: datetime) -> dict[str, Any]:

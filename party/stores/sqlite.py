@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -356,9 +356,15 @@ class SqliteStore(SqliteFile):
             rows = db.execute(sql, (to_micros(now), limit)).fetchall()
         return [_row_to_task(row) for row in rows]
 
-    def next_run_at(self) -> datetime | None:
+    def next_run_at(self, exclude: Collection[str] = ()) -> datetime | None:
+        statements = (NEXT_UNDELAYED, NEXT_DELAYED)
+        params: tuple[str, ...] = ()
+        if exclude:  # the walk reads each passed-over task's row for its party: few, as a rule
+            params = tuple(exclude)
+            left_out = f" AND party NOT IN ({', '.join('?' * len(params))}) ORDER BY"
+            statements = tuple(sql.replace(" ORDER BY", left_out, 1) for sql in statements)
         with self._guard() as db:
-            found = [row[0] for sql in (NEXT_UNDELAYED, NEXT_DELAYED) for row in db.execute(sql)]
+            found = [row[0] for sql in statements for row in db.execute(sql, params)]
         return from_micros(min(found)) if found else None
 
     def stats(self, now: datetime) -> dict[str, Any]:
