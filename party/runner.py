@@ -3,7 +3,9 @@
 Used by pool workers and by the server's force-run. ``async def`` handlers run either to their end
 on the calling thread's own loop (``run_task``) or awaited on a running one (``run_task_async``,
 a worker that runs many at once). Timeouts are enforced by the pool (it kills a process or cancels
-a run); the runner itself never sleeps or forks. Also ``run_hooks``, for the worker hooks.
+a run); the runner itself never sleeps or forks. A handler may fork: its child, should it come
+back into the runner (returning, raising or calling ``sys.exit``), ends there and never reaches
+the worker's loop, leases or records. Also ``run_hooks``, for the worker hooks.
 Imports ``handler``, ``registry``, ``model``, ``queue`` and ``timestamps``.
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -30,11 +34,53 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Forks of this process, counted in the child: a run that sees the count change is in a child
+# its handler forked. Counted, not os.getpid(): no system call per run.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 def run_task(task: Task, registry: Registry) -> Outcome:
     """Run ``task`` with its registered handler and describe what happened; never raises
     (but for KeyboardInterrupt and SystemExit). An ``async def`` run or ``on_complete`` is driven
     to its end on this thread's event loop (``worker_loop``)."""
+    forks = _forks
+    try:
+        outcome = _run_task(task, registry)
+    except BaseException:
+        if _forks != forks:
+            _end_forked_child()
+        raise
+    if _forks != forks:
+        _end_forked_child(outcome)
+    return outcome
+
+
+def _end_forked_child(outcome: Outcome | None = None) -> None:
+    """End a child the handler forked that came back into the runner: with the exit status it
+    would have had (``sys.exit``'s code, 1 for another exception, else 0 when its run succeeded),
+    without running the worker's code above (its loop, leases, records, exit handlers)."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:
+        code = 1 if exc is not None or (outcome is not None and not outcome.ok) else 0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing more to say
+            pass
+    os._exit(code)
+
+
+def _run_task(task: Task, registry: Registry) -> Outcome:
     started = system_now()
     handler_cls = registry.get(task.party)
     if handler_cls is None:

@@ -254,6 +254,22 @@ def test_a_task_whose_handler_the_scheduler_lacks_waits_queued_and_the_rest_run(
     assert queue.get(good.id).status == Status.COMPLETED
 
 
+def test_a_child_its_handler_forks_never_runs_the_workers_code(env, tmp_path):
+    queue, clock, make_scheduler = env
+    log = tmp_path / "log"
+    forks = [
+        {"party": "ForksChild", "data": {"child": c, "log": str(log)}} for c in ("returns", "exits")
+    ]
+    notes = [{"party": "Note", "data": {"n": i, "log": str(log)}} for i in range(20)]
+    tasks = queue.add([forks[0], *notes[:10], forks[1], *notes[10:]])
+    scheduler = make_scheduler(workers=1)  # one worker holds the notes claimed ahead of the forks
+    assert scheduler.run(until_idle=True) == 0
+    stored = [queue.get(t.id) for t in tasks]
+    assert {(t.status, t.attempts) for t in stored} == {(Status.COMPLETED, 1)}
+    assert [queue.get(tasks[i].id).result for i in (0, 11)] == ["parent", "parent"]
+    assert sorted(line["id"] for line in lines(log)) == sorted(t.id for t in tasks)  # once each
+
+
 def test_graceful_stop_hands_back_unfinished_tasks_without_spending_an_attempt(env, tmp_path):
     queue, clock, make_scheduler = env
     log = tmp_path / "log"

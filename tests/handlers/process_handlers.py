@@ -6,6 +6,7 @@ prove what ran, when, where and how often).
 
 import json
 import os
+import sys
 import time
 
 from party import TaskBase, system_now
@@ -35,6 +36,21 @@ class Note(TaskBase):
     def run(self):
         _note(self)
         return self.data.get("n")
+
+
+class ForksChild(TaskBase):
+    """Forks a child that comes back out of ``run`` instead of calling ``os._exit``: it returns
+    (``data["child"] == "returns"``) or calls ``sys.exit(0)`` (``"exits"``); the parent waits."""
+
+    def run(self):
+        _note(self)
+        pid = os.fork()
+        if pid == 0:
+            if self.data.get("child") == "exits":
+                sys.exit(0)
+            return "child"
+        os.waitpid(pid, 0)
+        return "parent"
 
 
 class Sleepy(TaskBase):
