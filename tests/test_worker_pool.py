@@ -11,10 +11,11 @@ import pytest
 from conftest import wait_for
 
 from party.model import Status
-from party.pool import WorkerPool
+from party.pool import ClaimPolicy, WorkerPool
 from party.pool.forcerun import ForceRunClient, ForceRunUnavailable
 from party.queue import TaskQueue
 from party.stores.sqlite import SqliteStore
+from party.timestamps import system_now
 
 pytestmark = pytest.mark.processes  # real forked workers
 
@@ -230,6 +231,32 @@ def test_workers_exit_when_their_parent_is_gone(db, registry, tmp_path):
     os.kill(parent, signal.SIGKILL)
     os.waitpid(parent, 0)
     wait_for(lambda: not any(_alive(pid) for pid in workers), what="the workers to exit")
+
+
+def test_a_worker_whose_scheduler_is_gone_lets_its_lease_lapse_and_ends(db, registry, tmp_path):
+    _, queue = db
+    log = tmp_path / "log"
+    (task,) = queue.add([{"party": "Sleepy", "data": {"seconds": 60, "log": str(log)}}])
+    pids_file = tmp_path / "pids"
+    parent = os.fork()
+    if (
+        parent == 0
+    ):  # a scheduler killed alone (an OOM kill): its worker is in a run that never ends
+        try:
+            policy = ClaimPolicy(poll_interval=0.05)
+            pool = WorkerPool(1, db[0], registry, lease_seconds=1.5, claim=policy)
+            pool.start()
+            pids_file.write_text(json.dumps(pool.pids))
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    wait_for(lambda: lines(log), 10, "the run to start")
+    (worker,) = json.loads(pids_file.read_text())
+    os.kill(parent, signal.SIGKILL)
+    os.waitpid(parent, 0)
+    wait_for(lambda: not _alive(worker), 10, "the worker to end once its lease ran out")
+    stored = queue.get(task.id)  # recoverable now: the next scheduler runs it again
+    assert stored.status == Status.RUNNING and stored.lease_expires <= system_now()
 
 
 def _alive(pid):

@@ -10,7 +10,10 @@ elsewhere) ends the worker at once (``LEASE_LOST_EXIT``), so two workers never r
 the same time. The keeper also hands back prefetched tasks held behind runs that have filled every
 run slot of the worker for ``HOLD_BEHIND`` seconds (so a crash strands at most about a second of
 work and other workers take them meanwhile), and is the backstop of a handler's ``timeout`` when
-nothing else ended an overrun (it records the failure and ends the worker). A run whose timeout
+nothing else ended an overrun (it records the failure and ends the worker). Once the worker's
+parent (the scheduler) is gone, nothing is renewed: a run that outlives its lease then ends the
+worker like a lost lease, and the next scheduler recovers the task when the lease expires. A run
+whose timeout
 its worker recorded itself (a thread that cannot be killed) is ``abandon``-ed: its lease is no
 longer this worker's, and the keeper stops watching it. Imports ``queue``, ``model``, ``registry``,
 ``errors`` and ``messages``.
@@ -90,6 +93,7 @@ class Leases:
         name: str = "worker",
         exit: Callable[[int], object] = os._exit,
         capacity: int = 1,
+        parent: int | None = None,
     ) -> None:
         self._open_queue = open_queue
         self._queue: TaskQueue | None = None
@@ -99,6 +103,7 @@ class Leases:
         self.name = name
         self._exit = exit
         self.capacity = capacity  # runs at once: prefetched tasks wait only when all are busy
+        self.parent = parent  # the scheduler's pid: its leases lapse once it is gone
         self._lock = threading.Lock()
         self._held: dict[int, _Held] = {}
         self._stop = threading.Event()
@@ -214,16 +219,18 @@ class Leases:
                 return
         if len(running) >= self.capacity and all(now - h.started > HOLD_BEHIND for _, h in running):
             self._hand_back_behind(running[0][1])
-        if now >= self._next_renew and held:
+        orphaned = self.parent is not None and os.getppid() != self.parent
+        if now >= self._next_renew and held and not orphaned:
             self._renew([h for _, h in held if h.state != _GIVEN_UP], now)
         if now >= self._next_renew:
             self._next_renew = now + self.renew_every
         for _, h in running:
             if h.valid_until <= time.monotonic():
+                why = "its scheduler is gone" if orphaned else "the store did not renew it"
                 logger.error(
-                    "%s: the lease of running task %s (%s) is lost or ran out (the store did not "
-                    "renew it): stopping this worker so that no other run of it overlaps this one",
-                    self.name, h.task.id, h.task.party,
+                    "%s: the lease of running task %s (%s) is lost or ran out (%s): stopping this "
+                    "worker so that no other run of it overlaps this one",
+                    self.name, h.task.id, h.task.party, why,
                 )  # fmt: skip
                 self._exit(LEASE_LOST_EXIT)
                 return

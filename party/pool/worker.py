@@ -92,6 +92,7 @@ class Worker:
             lease_seconds,
             name=name,
             capacity=concurrency,
+            parent=self.parent,
         )
         self.pending: deque[_Pending] = deque()
         self.done: list[tuple[int, Outcome, float]] = []
