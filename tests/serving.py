@@ -120,7 +120,7 @@ class ServerThread:
 
         self.sock = str(sock)
         self.port = free_port()
-        self.server_options = server_options  # PartyHTTPServer's (idle_timeout, head_timeout)
+        self.server_options = server_options  # PartyHTTPServer's (idle, head and body timeouts)
         self.settings = Settings(token=token, max_body=max_body, max_batch=max_batch)
         self.queue = TaskQueue(SqliteStore(store_path), discover([str(HANDLERS)]))
         from party.server.inflight import ForceRuns

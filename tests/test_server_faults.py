@@ -200,9 +200,9 @@ def test_bad_paging_is_a_400(tcp, query):
 
 @pytest.fixture
 def quick_timeouts(tmp_path):
-    """The app in a thread with the idle and head timeouts cut to half a second."""
+    """The app in a thread with the idle, head and body timeouts cut to half a second."""
     server = ServerThread(tmp_path / "q.db", tmp_path / "q.sock", idle_timeout=0.5,
-                          head_timeout=0.5).start()  # fmt: skip
+                          head_timeout=0.5, body_timeout=0.5).start()  # fmt: skip
     yield server
     server.stop()
 
@@ -233,6 +233,21 @@ def test_a_head_that_does_not_arrive_in_time_is_dropped(quick_timeouts):
     with socket.create_connection(("127.0.0.1", quick_timeouts.port), timeout=10) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line
         assert closed_within(sock, 5.0)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n",
+        b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n",
+        b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n",
+    ],
+)
+def test_a_body_that_stalls_is_dropped_with_its_connection(quick_timeouts, head):
+    with socket.create_connection(("127.0.0.1", quick_timeouts.port), timeout=10) as sock:
+        sock.sendall(head + b'{"tasks": [')  # then nothing more
+        assert closed_within(sock, 5.0)
+    assert quick_timeouts.queue.list(limit=10) == []  # nothing written
 
 
 def read_response(sock):

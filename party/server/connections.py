@@ -1,6 +1,6 @@
 """The HTTP server's connections: idle and slow-head timeouts, and running out of descriptors.
 
-``PartyHTTPServer`` is Tornado's ``HTTPServer`` with three additions, so that held-open or
+``PartyHTTPServer`` is Tornado's ``HTTPServer`` with four additions, so that held-open or
 trickling connections cannot starve the server (PRODUCT.md, "The server under stress and
 attack"):
 
@@ -9,6 +9,9 @@ attack"):
 - a request head that has started to arrive but is not complete within ``HEAD_TIMEOUT`` is
   dropped (Tornado times only the whole wait, idle time included, so a sweep once a second looks
   at the connections waiting for a head that hold unread bytes);
+- a request body that has not arrived whole within ``BODY_TIMEOUT`` of its head is dropped with
+  its connection (Tornado's ``body_timeout``; it has none by default, and a client that sent a
+  head and part of its body could hold a connection and its buffered bytes for ever);
 - when ``accept`` fails for want of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM), Tornado's
   accept loop would raise on every readiness of the listening socket, logging a traceback each
   time while the loop spins: here the failure is logged once (one line a minute at most), accepting
@@ -42,6 +45,8 @@ logger = logging.getLogger(log.SERVER)
 IDLE_TIMEOUT = 60.0
 #: Seconds a request head may take from its first byte to its blank line.
 HEAD_TIMEOUT = 10.0
+#: Seconds a request body may take to arrive whole (8 MiB at about 1 Mbit/s).
+BODY_TIMEOUT = 60.0
 #: Seconds accepting pauses after ``accept`` found no descriptor left.
 ACCEPT_PAUSE = 0.5
 #: Seconds between two log lines about a shortage of descriptors (a shortage that ends and comes
@@ -64,7 +69,8 @@ def raise_fd_limit() -> int:
 
 
 class PartyHTTPServer(HTTPServer):
-    """``HTTPServer`` with the idle and head timeouts and the calm accept loop described above."""
+    """``HTTPServer`` with the idle, head and body timeouts and the calm accept loop described
+    above."""
 
     def initialize(  # type: ignore[override]
         self,
@@ -72,9 +78,15 @@ class PartyHTTPServer(HTTPServer):
         *,
         idle_timeout: float = IDLE_TIMEOUT,
         head_timeout: float = HEAD_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
         **kwargs: Any,
     ) -> None:
-        super().initialize(request_callback, idle_connection_timeout=idle_timeout, **kwargs)
+        super().initialize(
+            request_callback,
+            idle_connection_timeout=idle_timeout,
+            body_timeout=body_timeout,
+            **kwargs,
+        )
         self.head_timeout = head_timeout
         # Connections waiting for a request head: connection -> monotonic time its first byte
         # was seen (None: nothing yet, the idle timeout applies).
