@@ -250,6 +250,23 @@ def test_a_body_that_stalls_is_dropped_with_its_connection(quick_timeouts, head)
     assert quick_timeouts.queue.list(limit=10) == []  # nothing written
 
 
+def test_the_served_app_has_a_body_timeout_by_default():
+    # The stall test above sets its own half second: this pins the production default (Tornado
+    # has none, and a stalled body then holds its connection for ever).
+    import asyncio
+
+    from party.server.connections import BODY_TIMEOUT, PartyHTTPServer
+
+    async def made():
+        server = PartyHTTPServer(lambda request: None)
+        try:
+            return server.conn_params.body_timeout
+        finally:
+            server.stop()
+
+    assert asyncio.run(made()) == BODY_TIMEOUT == 60.0
+
+
 def read_response(sock):
     sock.settimeout(10)
     data = b""
