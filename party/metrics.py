@@ -64,6 +64,10 @@ def observe_all(
     histogram["count"] = histogram.get("count", 0) + len(values)
 
 
+#: The methods ``party_http_requests_total`` labels by name; any other is ``other``.
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+
+
 class ServerCounters:
     """This server process's own counters: requests by method and status, singleton conflicts.
 
@@ -76,7 +80,11 @@ class ServerCounters:
         self.singleton_conflicts = 0
 
     def request(self, method: str, status: int, path: str = "") -> None:
-        """Count one answered request (a 409 to ``POST /tasks`` is a singleton conflict)."""
+        """Count one answered request (a 409 to ``POST /tasks`` is a singleton conflict). A method
+        outside HTTP's own is counted as ``other``: each one a client makes up would otherwise be
+        a series of its own, for as long as the server lives."""
+        if method not in HTTP_METHODS:
+            method = "other"
         with self._lock:
             key = (method, str(status))
             self.requests[key] = self.requests.get(key, 0) + 1

@@ -14,7 +14,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from party.metrics import LATENESS_BUCKETS, RUN_BUCKETS, observe
+from party.metrics import LATENESS_BUCKETS, RUN_BUCKETS, ServerCounters, observe
 from tests.serving import HANDLERS, ROOT, ServerThread
 
 TOKEN = "m"
@@ -146,3 +146,12 @@ def test_metrics_need_the_token(served):
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
     refused.value.close()
+
+
+def test_methods_a_client_makes_up_share_one_request_series():
+    counters = ServerCounters()
+    for k in range(300):
+        counters.request(f"M{k:05d}", 405)
+    counters.request("GET", 200)
+    counters.request("DELETE", 405)
+    assert counters.requests == {("other", "405"): 300, ("GET", "200"): 1, ("DELETE", "405"): 1}

@@ -426,6 +426,17 @@ def test_requests_without_the_right_token_get_401(token_server, headers, words):
         assert total(con) == before
 
 
+@pytest.mark.parametrize("method", ["FOO", "TRACE", "M" * 300, "PUT"])
+def test_a_method_the_endpoint_lacks_still_needs_the_token_first(token_server, method):
+    status, answer = raw(token_server, method, "/tasks")
+    assert status == 401 and "requires a token" in answer["error"]
+    status, answer = raw(
+        token_server, method, "/tasks", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert status == 405 and "allowed: GET, POST" in answer["error"]
+    assert len(answer["error"]) < 100  # a made-up method is not echoed whole
+
+
 def test_a_401_names_the_bearer_scheme_in_www_authenticate(token_server):
     for method, path, body in [
         ("GET", "/stats", b""),
