@@ -27,11 +27,11 @@ from .errors import ConfigError, PartyError
 
 SERVER_SETTINGS = (
     "store", "tasks", "host", "port", "socket", "token", "insecure",
-    "max_body", "max_batch", "lease", "log_level",
+    "max_body", "max_batch", "lease", "grace", "log_level",
 )  # fmt: skip
 CLIENT_SETTINGS = ("socket", "host", "port", "token")
 #: ``up`` takes every setting of the server and of the scheduler and passes each on.
-UP_SETTINGS = SERVER_SETTINGS + ("workers", "concurrency", "poll_interval", "grace")
+UP_SETTINGS = SERVER_SETTINGS + ("workers", "concurrency", "poll_interval")
 UP_SETTINGS += ("keep_completed", "keep_failed")  # the scheduler's retention
 LIST_COLUMNS = ("_id", "party", "status", "attempts", "timestamp", "data")
 

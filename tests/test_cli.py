@@ -136,3 +136,16 @@ def test_python_dash_m_party_reads_the_environment(served):
         [sys.executable, "-m", "party", "health"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr
+
+
+def test_serve_takes_grace_as_a_flag_as_well_as_from_the_environment():
+    # The server lets force-runs in flight finish for --grace seconds when it stops.
+    from party import config
+
+    args = cli.build_parser().parse_args(["serve", "--grace", "2.5"])
+    assert config.load(args, environ={"PARTY_GRACE": "9"}).grace == 2.5  # the flag wins
+    assert (
+        config.load(cli.build_parser().parse_args(["serve"]), environ={"PARTY_GRACE": "9"}).grace
+        == 9
+    )
+    assert cli.build_parser().parse_args(["up", "--grace", "4"]).grace == "4"

@@ -246,6 +246,14 @@ def test_a_timestamp_is_any_form_the_wire_takes_or_a_datetime(handle, given):
     assert handle.get(task["_id"])["timestamp"] == task["timestamp"]
 
 
+def test_open_reads_only_the_store_and_the_handlers_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTY_TASKS", str(HANDLERS))
+    for name, bad in [("PARTY_PORT", "abc"), ("PARTY_WORKERS", "0"), ("PARTY_KEEP_COMPLETED", "x")]:
+        monkeypatch.setenv(name, bad)  # the server's and the scheduler's: not party.open's
+    with party.open(f"sqlite:///{tmp_path / 'p.db'}") as queue:
+        assert queue.add("Noop")["status"] == "queued"
+
+
 def test_open_reads_the_store_and_the_handlers_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PARTY_STORE", f"sqlite:///{tmp_path / 'env.db'}")
