@@ -123,7 +123,22 @@ def test_a_timeout_fails_only_the_run_that_overran(sched, party):
     if party == "ThreadHangs":  # the worker retired once its other runs had ended
         assert "which cannot be stopped" in sched.stderr()
         wait_until(lambda: "retired" in sched.stderr(), 10, "the retirement")
-        wait_until(lambda: "outcome discarded: lease lost" in sched.stderr(), 10, "the fence")
+
+
+def test_a_thread_past_its_timeout_keeps_its_task_until_its_worker_retires(sched):
+    (hangs,) = sched.add("ThreadHangs", 1, seconds=6)  # a thread nothing can stop
+    others = sched.add("ThreadNap", 2, seconds=3.0)
+    sched.start(workers=1, concurrency=4)
+    wait_until(lambda: "which cannot be stopped" in sched.stderr(), 10, "the overrun")
+    held = sched.queue.get(hangs.id)  # still leased: no retry can start while the thread lives
+    assert (held.status, held.attempts, held.last_error) == (Status.RUNNING, 1, None)
+    wait_until(lambda: set(sched.statuses([hangs, *others])) == {Status.COMPLETED}, 20, "every run")
+    assert sched.queue.get(hangs.id).attempts == 2
+    runs = sched.runs()
+    retry = next(r for r in runs if r["id"] == hangs.id and r["attempts"] == 2)
+    naps = [r for r in runs if r["party"] == "ThreadNap"]
+    assert retry["at"] > max(r["at"] for r in naps)  # once the worker had retired
+    assert retry["pid"] != next(r for r in runs if r["id"] == hangs.id)["pid"]
 
 
 def test_sigterm_lets_concurrent_runs_finish_and_hands_back_the_rest(sched):

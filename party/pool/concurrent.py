@@ -41,7 +41,6 @@ from . import messages
 from .child import RETIRED_EXIT
 from .claiming import WAKE_AHEAD, ClaimPolicy
 from .leases import HOLD_BEHIND
-from .outcomes import log_end
 from .worker import FLUSH_AFTER, Worker
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class _Run:
     timer: asyncio.TimerHandle | None = None
     in_thread: bool = False
     timed_out: float | None = None  # the timeout it overran
-    abandoned: bool = False  # a thread run failed for its timeout: its outcome is fenced off
+    overran: bool = False  # a thread past its timeout: leased until it ends or the worker retires
 
 
 class ConcurrentWorker(Worker):
@@ -113,7 +112,8 @@ class ConcurrentWorker(Worker):
                     self.leaving = True
                 if self.slot.stopping or self.leaving or self.retiring:
                     self.hand_back()
-                    if not self.runs:
+                    if all(run.overran for run in self.runs.values()):
+                        self._record_overruns()
                         self.flush()
                         return RETIRED_EXIT if self.retiring and not self.leaving else 0
                 elif self._may_claim():
@@ -219,11 +219,6 @@ class ConcurrentWorker(Worker):
         if run.timer is not None:
             run.timer.cancel()
         outcome = self._outcome_of(run)
-        if run.abandoned:
-            # Failed for its timeout already and its lease given up: the fence refuses this.
-            status = self._record([outcome])[0]
-            log_end(outcome, status, duration)
-            return
         self.runs.pop(run.seq, None)
         self.leases.end(run.seq)
         if not self.done:
@@ -236,7 +231,7 @@ class ConcurrentWorker(Worker):
     def _outcome_of(self, run: _Run) -> Outcome:
         future = run.future
         assert future is not None
-        if run.timed_out is not None and not run.abandoned:
+        if run.timed_out is not None:
             return self._timeout_outcome(run, run.timed_out)
         if future.cancelled():
             return self._timeout_outcome(run, run.timed_out or 0.0)
@@ -263,23 +258,33 @@ class ConcurrentWorker(Worker):
         if not run.in_thread:
             run.future.cancel()  # its outcome, a Timeout, is made when the task ends
             return
-        # A thread cannot be stopped: fail the run now, give up its lease, and retire.
-        run.abandoned = True
-        self.runs.pop(run.seq)
-        self.leases.abandon(run.seq)
-        if not self.done:
-            self.first_done = time.monotonic()
-        duration = time.monotonic() - run.started
-        self.done.append((run.seq, self._timeout_outcome(run, limit), duration))
-        self.flush()
+        # A thread cannot be stopped. Its run keeps its lease (renewed, as for a run that ended
+        # and is not yet recorded), so no retry starts beside it, and this worker retires: it
+        # takes no more runs, and once every run left has ended or overrun too, it records the
+        # overruns as timed out and exits, which ends their threads. Marked ended in the slot:
+        # the pool's backstop would otherwise kill the worker, and its other runs with it.
+        run.overran = True
+        self.leases.end(run.seq)
+        self.slot.set_run(run.index, run.started, -run.seq)
         self.retiring = True
         logger.warning(
             "%s: task %s (%s) overran its timeout of %g s in a thread, which cannot be stopped: "
-            "it is failed and its lease given up; this worker takes no more runs and is replaced "
-            "once its %d other runs have ended",
-            self.name, task.id, task.party, limit, len(self.runs),
+            "this worker takes no more runs; once its %d other runs have ended it records the "
+            "timeout and is replaced, and the task's retry cannot start before",
+            self.name, task.id, task.party, limit, len(self.runs) - 1,
         )  # fmt: skip
         self._wake()
+
+    def _record_overruns(self) -> None:
+        """Queue the timeouts of the runs whose threads overran (their leases are still this
+        worker's) for the flush that precedes its exit; the exit ends their threads."""
+        for seq, run in list(self.runs.items()):
+            if run.overran and run.timed_out is not None:
+                del self.runs[seq]
+                if not self.done:
+                    self.first_done = time.monotonic()
+                duration = time.monotonic() - run.started
+                self.done.append((seq, self._timeout_outcome(run, run.timed_out), duration))
 
     def _maybe_flush(self) -> None:
         if self.done and time.monotonic() - self.first_done > FLUSH_AFTER:

@@ -13,10 +13,9 @@ work and other workers take them meanwhile), and is the backstop of a handler's 
 nothing else ended an overrun (it records the failure and ends the worker). Once the worker's
 parent (the scheduler) is gone, nothing is renewed: a run that outlives its lease then ends the
 worker like a lost lease, and the next scheduler recovers the task when the lease expires. A run
-whose timeout
-its worker recorded itself (a thread that cannot be killed) is ``abandon``-ed: its lease is no
-longer this worker's, and the keeper stops watching it. Imports ``queue``, ``model``, ``registry``,
-``errors`` and ``messages``.
+whose thread overran its timeout is ``end``-ed by its worker: its lease is kept until the worker
+records the timeout, and the keeper no longer enforces it. Imports ``queue``, ``model``,
+``registry``, ``errors`` and ``messages``.
 """
 
 from __future__ import annotations
@@ -147,12 +146,6 @@ class Leases:
         held = self._held.get(seq)
         if held is not None:
             held.state = _ENDED
-
-    def abandon(self, seq: int) -> None:
-        """Stop watching run ``seq``, still in its handler: its worker recorded its timeout and
-        gave up its lease (its thread cannot be stopped)."""
-        with self._lock:
-            self._held.pop(seq, None)
 
     def drop(self, seqs: Iterable[int]) -> None:
         """Forget runs whose outcome is recorded (or that were handed back)."""
