@@ -330,6 +330,35 @@ def test_force_run_whose_worker_dies_before_starting_it_runs_on_a_fresh_worker(d
     assert stored.result == 3 and stored.attempts == 1
 
 
+def test_a_force_run_waiting_for_a_worker_is_refused_before_its_lease_could_lapse(
+    db, registry, tmp_path
+):
+    _, queue = db
+    short = TaskQueue(queue.store, registry, lease_seconds=1.5)  # the server's --lease 1.5
+    log = tmp_path / "log"
+    busy, waits = queue.add([{"party": "Sleepy", "data": {"seconds": 3, "log": str(log)}}] * 2)
+    client = ForceRunClient(1, db[0], registry, lease_seconds=1.5)
+    client.start()
+
+    async def main():
+        client.attach(asyncio.get_running_loop())
+        first = asyncio.ensure_future(client.run(short.claim_now(busy.id)))
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: wait_for(lambda: lines(log), what="the first run to start")
+        )
+        second = await asyncio.gather(client.run(short.claim_now(waits.id)), return_exceptions=True)
+        return second, await first
+
+    try:
+        ((refused,), ran) = asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        client.stop()
+    assert isinstance(refused, ForceRunUnavailable) and "free for 0.5 s" in str(refused)
+    stored = queue.get(waits.id)
+    assert (stored.status, stored.attempts, stored.lease) == (Status.QUEUED, 0, None)
+    assert ran == Status.COMPLETED
+
+
 def test_force_run_interrupted_by_the_stop_is_refused_and_handed_back(db, registry, tmp_path):
     _, queue = db
     log = tmp_path / "log"

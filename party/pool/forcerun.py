@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Runs of one request: the first, and fresh workers after workers that died before starting it.
 MAX_TRIES = 3
-#: Longest time a request waits for a free worker before it is handed back and refused.
+#: Longest time a request waits for a free worker before it is handed back and refused; never
+#: more than a third of the lease, which nobody renews while the claimed task waits.
 MAX_WAIT = 20.0
 
 
@@ -89,6 +90,7 @@ class ForceRunService:
         self.store_url = store_url
         self.registry = registry
         self.lease_seconds = lease_seconds
+        self.max_wait = min(MAX_WAIT, lease_seconds / 3)
         self.waiting: deque[tuple[int, Task, int, float]] = deque()
         self.running: dict[int, tuple[int, Task, int]] = {}  # pool seq -> (request, task, tries)
         self.queue: TaskQueue | None = None
@@ -121,9 +123,9 @@ class ForceRunService:
             request, task, tries, _ = self.waiting.popleft()
             self.running[self.pool.dispatch(task)] = (request, task, tries)
         now = time.monotonic()
-        while self.waiting and now - self.waiting[0][3] > MAX_WAIT:
+        while self.waiting and now - self.waiting[0][3] > self.max_wait:
             request, task, _, _ = self.waiting.popleft()
-            self._refuse(request, task, f"no force-run worker was free for {MAX_WAIT:g} s")
+            self._refuse(request, task, f"no force-run worker was free for {self.max_wait:g} s")
 
     def _settle(self, finished: list[Finished]) -> None:
         for item in finished:
