@@ -26,7 +26,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from tornado.web import HTTPError, RequestHandler
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from ..errors import StoreUnavailable, TaskException
 from ..model import Status, Task
@@ -39,6 +40,8 @@ HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 COOKIE = "party_session"
+#: Largest body a dashboard form may send: a token or a CSRF token, never megabytes.
+UI_MAX_BODY = 64 * 1024
 PAGE = 50
 #: Seconds the overview keeps samples of the run counters (runs per minute over the last hour).
 HISTORY = 3600.0
@@ -75,13 +78,45 @@ class Sampler:
         return [(ago, r, f) for ago, (r, f) in sorted(minutes.items(), reverse=True)]
 
 
+@stream_request_body
 class UIHandler(RequestHandler):
-    """Base of the dashboard's pages: the session or the loopback rules, HTML errors."""
+    """Base of the dashboard's pages: the session or the loopback rules, HTML errors.
+
+    Bodies are streamed so that each request's own limit (``UI_MAX_BODY``) holds before any of it
+    is read: the server's limit is the API's (megabytes), and Tornado would read and parse that
+    much of a form on the event loop, before the login is even checked. A ``post`` reads its form
+    with ``form()``, which also checks the CSRF token.
+    """
 
     def initialize(self, ctx: Context, sampler: Sampler, secret: bytes) -> None:  # type: ignore[override]
         self.ctx = ctx
         self.sampler = sampler
         self.secret = secret
+        self._chunks: list[bytes] = []
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def form(self) -> bool:
+        """Parse the form the body holds; False when refused (403: a wrong CSRF token), the
+        answer then sent."""
+        request = self.request
+        httputil.parse_body_arguments(
+            request.headers.get("Content-Type", ""),
+            b"".join(self._chunks),
+            request.body_arguments,
+            request.files,
+            request.headers,
+        )
+        for name, values in request.body_arguments.items():
+            request.arguments.setdefault(name, []).extend(values)
+        if isinstance(self, LoginHandler):
+            return True
+        given = self.get_body_argument("csrf", "")
+        if not hmac.compare_digest(given.encode(), self.csrf().encode()):
+            self._refuse(403, "the form's CSRF token is missing or wrong: reload the page")
+            return False
+        return True
 
     def get_template_path(self) -> str:
         return str(TEMPLATES)
@@ -102,6 +137,7 @@ class UIHandler(RequestHandler):
         return hmac.compare_digest(cookie.encode(), self.session_value().encode())
 
     def prepare(self) -> None:
+        self.request.connection.set_max_body_size(UI_MAX_BODY)  # type: ignore[union-attr]
         if self.ctx.token is None:
             try:
                 _check_host_and_origin(self.request, self.ctx)
@@ -114,10 +150,6 @@ class UIHandler(RequestHandler):
             else:
                 self.send_error(401, reason_text="log in first")
             return
-        if self.request.method == "POST" and not isinstance(self, LoginHandler):
-            given = self.get_body_argument("csrf", "")
-            if not hmac.compare_digest(given.encode(), self.csrf().encode()):
-                self._refuse(403, "the form's CSRF token is missing or wrong: reload the page")
 
     def _refuse(self, status: int, message: str) -> None:
         # A refusal in the API's JSON shape (the document's 403): the same rules answer alike.
@@ -175,6 +207,8 @@ class LoginHandler(UIHandler):
         self.render_page("login.html", error=None)
 
     def post(self) -> None:
+        if not self.form():
+            return
         given = self.get_body_argument("token", "")
         if self.ctx.token is None or hmac.compare_digest(given.encode(), self.ctx.token.encode()):
             self.set_cookie(COOKIE, self.session_value(), httponly=True, samesite="Strict",
@@ -189,6 +223,8 @@ class LogoutHandler(UIHandler):
     """``POST /ui/logout``: ends the session."""
 
     def post(self) -> None:
+        if not self.form():
+            return
         self.clear_cookie(COOKIE, path="/ui")
         self.redirect("/ui/login" if self.ctx.token else "/ui", status=303)
 
@@ -289,6 +325,8 @@ class TaskAction(UIHandler):
     """``POST /ui/task/<id>/run`` and ``.../delete``: the actions, then back to the task page."""
 
     async def post(self, task_id: str, action: str) -> None:
+        if not self.form():
+            return
         task_id = wire.check_id(task_id)
         ctx = self.ctx
         if action == "run":
