@@ -155,7 +155,12 @@ class TaskBase:
             return self._next_run
         if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
             raise ValueError(f"minutes must be a positive number, got {minutes!r}")
-        step = timedelta(minutes=minutes)
+        try:
+            step = timedelta(minutes=minutes)
+        except OverflowError:
+            step = timedelta(0)
+        if not timedelta(0) < step < timedelta(days=365_000):
+            raise ValueError(f"minutes must be from a microsecond to 1,000 years, got {minutes!r}")
         now = system_now()
         k = max(1, math.floor((now - self.timestamp) / step) + 1)
         next_run = self.timestamp + k * step

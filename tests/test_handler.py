@@ -63,6 +63,12 @@ def test_schedule_next_run_refuses_non_positive_minutes(minutes):
         Recurring(task_at(system_now())).schedule_next_run(minutes=minutes)
 
 
+@pytest.mark.parametrize("minutes", [1e-9, 1e12, float("inf")])
+def test_schedule_next_run_refuses_minutes_no_timedelta_can_step_by(minutes):
+    with pytest.raises(ValueError, match="from a microsecond to 1,000 years"):
+        Recurring(task_at(system_now())).schedule_next_run(minutes=minutes)
+
+
 def test_retry_delay_may_be_a_callable_of_attempts():
     class Backoff(TaskBase):
         retry_delay = staticmethod(lambda attempts: 2**attempts)

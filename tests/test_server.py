@@ -437,6 +437,14 @@ def test_a_method_the_endpoint_lacks_still_needs_the_token_first(token_server, m
     assert len(answer["error"]) < 100  # a made-up method is not echoed whole
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_matched_in_any_case(token_server, scheme):
+    status, _ = raw(token_server, "GET", "/stats", headers={"Authorization": f"{scheme} {TOKEN}"})
+    assert status == 200
+    status, _ = raw(token_server, "GET", "/stats", headers={"Authorization": f"{scheme} wrong"})
+    assert status == 401
+
+
 def test_a_401_names_the_bearer_scheme_in_www_authenticate(token_server):
     for method, path, body in [
         ("GET", "/stats", b""),

@@ -124,6 +124,9 @@ def check_request(request: HTTPServerRequest, ctx: Context) -> int | None:
         assert expected is not None
         if header is None:
             raise unauthorized("this server requires a token: send 'Authorization: Bearer <token>'")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() == "bearer":  # a scheme is case-insensitive (RFC 9110, 11.1)
+            header = "Bearer " + given
         if not hmac.compare_digest(header.encode("utf-8", "replace"), expected):
             raise unauthorized(
                 "wrong token: send 'Authorization: Bearer <token>' with the server's token"
