@@ -93,3 +93,9 @@ def test_a_form_over_64_kib_is_refused_before_it_is_read(served, path):
         )
     status, _, _ = ask(served, "POST", "/ui/login", "token=tok", FORM)  # a real form still works
     assert status == 303
+
+
+def test_a_body_that_is_not_a_form_is_answered_400(served):
+    multipart = {"Content-Type": "multipart/form-data"}  # no boundary: nothing can be read
+    status, _, page = ask(served, "POST", "/ui/login", "token=tok", multipart)
+    assert status == 400 and "the form cannot be read" in page

@@ -98,16 +98,20 @@ class UIHandler(RequestHandler):
         self._chunks.append(chunk)
 
     def form(self) -> bool:
-        """Parse the form the body holds; False when refused (403: a wrong CSRF token), the
-        answer then sent."""
+        """Parse the form the body holds; False when refused (400: not a form; 403: a wrong
+        CSRF token), the answer then sent."""
         request = self.request
-        httputil.parse_body_arguments(
-            request.headers.get("Content-Type", ""),
-            b"".join(self._chunks),
-            request.body_arguments,
-            request.files,
-            request.headers,
-        )
+        try:
+            httputil.parse_body_arguments(
+                request.headers.get("Content-Type", ""),
+                b"".join(self._chunks),
+                request.body_arguments,
+                request.files,
+                request.headers,
+            )
+        except httputil.HTTPInputError as exc:  # what Tornado answers 400 for unstreamed bodies
+            self.send_error(400, reason_text=f"the form cannot be read: {exc}")
+            return False
         for name, values in request.body_arguments.items():
             request.arguments.setdefault(name, []).extend(values)
         if isinstance(self, LoginHandler):

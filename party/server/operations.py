@@ -90,8 +90,10 @@ _PAGE = {200: Answer("The page.", media=_HTML), 400: Answer("A malformed id.", m
          404: Answer("No such task.", media=_HTML),
          303: Answer("No session: to /ui/login.", media=_HTML,
                      headers={"Location": "/ui/login"})}  # fmt: skip
+_NOT_A_FORM = Answer("A body that is not a form (or a malformed id).", media=_HTML)
 _ACTION = {303: Answer("Done: to the page that shows the result.", media=_HTML,
            headers={"Location": "the next page"}),
+           400: _NOT_A_FORM,
            401: Answer("No session.", media=_HTML)}  # fmt: skip
 _UI = "A page of the web dashboard (HTML for a browser; the session cookie stands for the token)."
 #: The dashboard's pages (``server.dashboard``): HTML, behind the session cookie, not for scripts.
@@ -114,6 +116,7 @@ DASHBOARD: tuple[Operation, ...] = (
             303: Answer(
                 "Logged in: the session cookie (HttpOnly, SameSite=Strict) is set.", media=_HTML
             ),
+            400: Answer("A body that is not a form.", media=_HTML),
             401: Answer("A wrong token.", media=_HTML),
         },
         description=_UI,
