@@ -330,6 +330,17 @@ def test_force_run_whose_worker_dies_before_starting_it_runs_on_a_fresh_worker(d
     assert stored.result == 3 and stored.attempts == 1
 
 
+async def _run_until_started(client, claimed, log):
+    """Force-run ``claimed`` through ``client``; return the run's future once it has started
+    (its handler wrote to ``log``)."""
+    client.attach(asyncio.get_running_loop())
+    running = asyncio.ensure_future(client.run(claimed))
+    await asyncio.get_running_loop().run_in_executor(
+        None, lambda: wait_for(lambda: lines(log), what="the run to start")
+    )
+    return running
+
+
 def test_a_force_run_waiting_for_a_worker_is_refused_before_its_lease_could_lapse(
     db, registry, tmp_path
 ):
@@ -341,11 +352,7 @@ def test_a_force_run_waiting_for_a_worker_is_refused_before_its_lease_could_laps
     client.start()
 
     async def main():
-        client.attach(asyncio.get_running_loop())
-        first = asyncio.ensure_future(client.run(short.claim_now(busy.id)))
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: wait_for(lambda: lines(log), what="the first run to start")
-        )
+        first = await _run_until_started(client, short.claim_now(busy.id), log)
         second = await asyncio.gather(client.run(short.claim_now(waits.id)), return_exceptions=True)
         return second, await first
 
@@ -367,11 +374,7 @@ def test_force_run_interrupted_by_the_stop_is_refused_and_handed_back(db, regist
     client.start()
 
     async def main():
-        client.attach(asyncio.get_running_loop())
-        running = asyncio.ensure_future(client.run(queue.claim_now(task.id)))
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: wait_for(lambda: lines(log), what="the run to start")
-        )
+        running = await _run_until_started(client, queue.claim_now(task.id), log)
         client.stop(grace=0.1)
         return await asyncio.gather(running, return_exceptions=True)
 
