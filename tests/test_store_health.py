@@ -79,6 +79,26 @@ def test_a_file_overwritten_under_an_open_store_is_corrupt(sqlite_path):
         store.check_writable()
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_whose_file_was_deleted_or_replaced_refuses_writes(sqlite_path, registry, how):
+    from party.queue import TaskQueue
+
+    queue = TaskQueue(SqliteStore(sqlite_path), registry)
+    try:
+        queue.add([{"party": "Noop"}])
+        for suffix in ("-wal", "-shm", ""):
+            if os.path.exists(f"{sqlite_path}{suffix}"):
+                os.unlink(f"{sqlite_path}{suffix}")
+        if how == "replaced":
+            SqliteStore(sqlite_path).close()  # a fresh file at the same path
+        with pytest.raises(StoreUnavailable, match="its file was deleted or replaced"):
+            queue.add([{"party": "Noop"}])  # not acknowledged into an unlinked file
+        with pytest.raises(StoreUnavailable):
+            queue.store.check_writable()
+    finally:
+        queue.store.close()
+
+
 FULL_DISK = textwrap.dedent(
     """
     import sys

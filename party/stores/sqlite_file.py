@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, StoreBusy, StoreUnavailable
 from .base import Finding, Store
-from .sqlite_health import check_file, findings, unwritable_reason
+from .sqlite_health import check_file, findings, open_to_watch, unlinked, unwritable_reason
 from .sqlite_log import LogSync
 from .sqlite_schema import (
     FILE_MODE,
@@ -92,6 +92,10 @@ class SqliteFile(Store):
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)
         self._writer_fd = None if self.path == ":memory:" else _open_lock_file(self.path + ".lock")
+        # The database file as opened: a write first checks that it still has a name, so that a
+        # file deleted or replaced under a running Party refuses writes instead of taking them
+        # into an unlinked file, acknowledged and lost (one fstat per write transaction).
+        self._file_fd = None if self.path == ":memory:" else open_to_watch(self.path)
         self._wake_dir = channel_dir(
             "sqlite:" + os.path.realpath(self.path),
             None if self.path == ":memory:" else os.stat(self.path).st_uid,
@@ -172,10 +176,13 @@ class SqliteFile(Store):
                     raise
                 time.sleep(0.01)
 
-    def _close_lock_file(self) -> None:
+    def _close_lock_file(self) -> None:  # and the descriptor that watches the file
         if self._writer_fd is not None:
             os.close(self._writer_fd)
             self._writer_fd = None
+        if getattr(self, "_file_fd", None) is not None:
+            os.close(self._file_fd)  # type: ignore[arg-type]
+            self._file_fd = None
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -216,6 +223,8 @@ class SqliteFile(Store):
             # A write that changed no row (an empty claim or recovery pass) has nothing to sync.
             changes = self._db.total_changes if locked else 0
             try:
+                if locked:
+                    self._check_still_named(f"SQLite store {self.path!r}")
                 yield self._db
             except sqlite3.IntegrityError:
                 raise
@@ -232,6 +241,15 @@ class SqliteFile(Store):
                     self._checkpoint()
         if write and sync:
             self._sync_log()
+
+    def _check_still_named(self, where: str) -> None:
+        """Raise ``StoreUnavailable`` when the open file no longer has a name (deleted, or
+        replaced by another file at its path): a write would go into a file nobody will read."""
+        if unlinked(self._file_fd):
+            raise StoreUnavailable(
+                f"{where}: its file was deleted or replaced while open, so nothing is written; "
+                "restore it, or restart the server and the scheduler on the file now at that path"
+            )
 
     def _sync_log(self) -> None:
         """Return once the log is on disk through this connection's last commit (a durable
@@ -320,6 +338,7 @@ class SqliteFile(Store):
             raise StoreUnavailable(f"{where}: this process's connection is busy for over a second")
         try:
             check_file(self.path, where)
+            self._check_still_named(where)
             if self._writer_fd is not None and not _flock_until(self._writer_fd, deadline):
                 raise StoreUnavailable(
                     f"{where}: the write lock was not had within a second (another process "

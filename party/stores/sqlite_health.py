@@ -1,6 +1,7 @@
 """What is wrong with an SQLite store file, in words an operator can act on: the checks behind
-``SqliteFile.check_writable`` (the file still an SQLite database, room on its file system, the
-meaning of an SQLite error code) and the findings of ``describe`` (``party check``).
+``SqliteFile.check_writable`` (the file still an SQLite database and still the one open, room on
+its file system, the meaning of an SQLite error code) and the findings of ``describe``
+(``party check``).
 
 Pure functions of a path and of what the connection read: nothing here holds a connection or a
 lock (``sqlite_file`` does). Imports only the standard library, ``errors``, ``stores.base`` and
@@ -15,6 +16,22 @@ import sqlite3
 from ..errors import StoreUnavailable
 from .base import Finding
 from .sqlite_schema import SCHEMA_VERSION
+
+
+def open_to_watch(path: str) -> int | None:
+    """A read-only descriptor of the database file, for ``unlinked``; None when it cannot be
+    opened (SQLite then says what is wrong with the file)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def unlinked(fd: int | None) -> bool:
+    """Whether the file open as ``fd`` lost its name: deleted, or replaced by another file at its
+    path (a write would go into a file nobody will read)."""
+    return fd is not None and not os.fstat(fd).st_nlink
+
 
 #: Free bytes below which the file system of the store counts as full.
 MIN_FREE_BYTES = 1 << 20
