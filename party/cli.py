@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -148,16 +147,11 @@ def _run_server(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> BlockingHTTPClient:
     settings = config.load(
-        {name: getattr(args, name, None) for name in CLIENT_SETTINGS}, environ=_client_env()
+        {name: getattr(args, name, None) for name in CLIENT_SETTINGS},
+        environ=config.environ_of(CLIENT_SETTINGS),  # a bad server-only variable: not our concern
     )
     address = settings.socket or f"{settings.host}:{settings.port}"
     return BlockingHTTPClient(address, token=settings.token, timeout=args.timeout)
-
-
-def _client_env() -> dict[str, str]:
-    # Only the variables a client needs: a bad server-only variable must not break `party list`.
-    names = {config.env_name(n) for n in CLIENT_SETTINGS}
-    return {k: v for k, v in os.environ.items() if k in names}
 
 
 def _run_client(args: argparse.Namespace) -> int:

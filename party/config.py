@@ -157,6 +157,13 @@ def env_name(name: str) -> str:
     return "PARTY_" + name.upper()
 
 
+def environ_of(names: Iterable[str]) -> dict[str, str]:
+    """The ``PARTY_*`` variables of the settings ``names`` alone, for a ``load`` that reads no
+    other: a bad value of a setting another process uses must not stop this one."""
+    wanted = {env_name(name) for name in names}
+    return {key: value for key, value in os.environ.items() if key in wanted}
+
+
 def flag_name(name: str) -> str:
     """The command-line flag of a setting: ``poll_interval`` → ``--poll-interval``."""
     return "--" + name.replace("_", "-")

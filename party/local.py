@@ -52,10 +52,7 @@ def open_queue(store: str | None = None) -> LocalQueue:
     Raises ``ConfigError`` for a bad setting, ``RegistryError`` when the handlers cannot be
     loaded and ``StoreUnavailable`` when the store cannot be opened.
     """
-    # Only the two variables it reads: a bad server or scheduler setting must not break an add.
-    names = {config.env_name("store"), config.env_name("tasks")}
-    environ = {name: value for name, value in os.environ.items() if name in names}
-    settings = config.load({"store": store}, environ=environ)
+    settings = config.load({"store": store}, environ=config.environ_of(("store", "tasks")))
     return LocalQueue(settings.store, discover(settings.tasks))
 
 

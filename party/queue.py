@@ -250,14 +250,15 @@ class TaskQueue:
         them for good: a rolling deploy, or schedulers that share a store with other handlers."""
         lacking = [task for task in tasks if task.party not in self.registry]
         self.release(lacking)
-        for party in sorted({task.party for task in lacking} - set(self.limits)):
+        new = {task.party for task in lacking} - self._missing
+        for party in sorted(new):
             logger.warning(
                 "tasks of handler %r are left queued: it is not registered in this process "
                 "(registered: %s); a scheduler that has it will run them",
                 party, ", ".join(self.registry.names) or "none",
             )  # fmt: skip
-        self._missing |= {task.party for task in lacking}
-        self.limits = {**self.limits, **dict.fromkeys(self._missing, 0)}
+        self._missing |= new
+        self.limits = {**self.limits, **dict.fromkeys(new, 0)}
         return [task for task in tasks if task.party in self.registry]
 
     def claim_now(self, task_id: str) -> Task:
