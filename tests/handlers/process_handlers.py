@@ -6,6 +6,7 @@ prove what ran, when, where and how often).
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -49,7 +50,13 @@ class ForksChild(TaskBase):
             if self.data.get("child") == "exits":
                 sys.exit(0)
             return "child"
-        os.waitpid(pid, 0)
+        deadline = time.monotonic() + 10.0  # a child lost in the worker's code is killed
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "the child did not end"
+            time.sleep(0.01)
         return "parent"
 
 
